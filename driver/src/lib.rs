@@ -1,0 +1,10 @@
+//! Userspace driver for Intel I/OAT (Crystal Beach DMA, CB v3.0-3.4) channels.
+//!
+//! The driver touches registers only through [`regs::RegisterAccess`], which has two
+//! implementations: the VFIO BAR0 mapping and the software device model ([`model`]). Driver
+//! logic is generic over it and never knows which one it drives.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod desc;
+pub mod dma;
+pub mod regs;

@@ -1,0 +1,1 @@
+//! netrx: AF_XDP TCP receive with an I/OAT copy engine.

@@ -1,0 +1,1 @@
+//! netrx-tests: harness for end-to-end and hardware-in-loop tests.

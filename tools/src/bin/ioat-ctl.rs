@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("ioat-ctl: not yet implemented");
+    std::process::exit(2);
+}

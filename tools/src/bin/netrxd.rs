@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("netrxd: not yet implemented");
+    std::process::exit(2);
+}
