@@ -1,1 +1,10 @@
 //! netrx-tests: harness for end-to-end and hardware-in-loop tests.
+//!
+//! - [`netns`]: private network namespaces, veth pairs, two- and three-host topologies, and the
+//!   root/CI guard every privileged test starts with.
+//! - [`relay`]: the impairment relay (a netem stand-in): loss, duplication, reordering,
+//!   corruption, delay/jitter and rate limiting of Ethernet frames between two interfaces.
+//!
+//! See `docs/testing.md` for the test tiers and how to use both.
+
+pub mod netns;

@@ -1,0 +1,900 @@
+//! Network-namespace test harness: private namespaces, veth pairs, and ready topologies.
+//!
+//! Everything a test creates here is named uniquely (`nrx<pid>-<counter>`), lives only inside
+//! namespaces the test created (addresses from `10.77.0.0/24`, optionally `fd00:77::/64`), and is
+//! torn down by `Drop` guards — also when the test panics. Namespaces left behind by a process that
+//! died without unwinding (SIGKILL) are removed the next time the harness starts, but only when
+//! the pid in their name no longer exists.
+//!
+//! # Guard
+//! Every test that needs this module starts with
+//! ```no_run
+//! # fn t() {
+//! if !netrx_tests::netns::require_root_or_skip("my_test") {
+//!     return; // printed "skipped: ..."
+//! }
+//! # }
+//! ```
+//! It returns `false` after printing `skipped: <reason>` when the process is not root, `ip` is
+//! missing or a namespace cannot be created; with `CI=true` in the environment it **panics**
+//! instead, so CI fails rather than silently skipping. [`require_tools_or_skip`] does the same for
+//! extra programs (`ethtool`, `iperf`).
+//!
+//! # Building blocks
+//! - [`Netns::new`] creates a namespace (loopback up); `Drop` deletes it.
+//! - [`Netns::exec`] / [`Netns::run_cmd`] run a command inside it (`ip netns exec NAME ...`);
+//!   [`Netns::spawn`] starts a background child there, returned as an [`NsChild`] that is killed
+//!   by pid and reaped on `Drop`.
+//! - [`Netns::run`] runs a closure on a fresh thread that has `setns(2)`-ed into the namespace and
+//!   joins it (panics propagate); [`Netns::spawn_thread`] does the same without joining. Sockets
+//!   created on such a thread belong to the namespace and stay there when the fd moves to another
+//!   thread, so a `std::net::TcpStream` sender or an AF_XDP socket can live in the test process.
+//!   Threads spawned from a setns-ed thread inherit its namespace.
+//! - [`Veth::create`] makes a veth pair between two namespaces with [`LinkOpts`] (MTU,
+//!   `numrxqueues/numtxqueues`), brings both ends up; [`Netns::ethtool_off`] turns offloads off
+//!   (`ethtool -K IF tx off`, `tso off`, `gso off`, `gro off`).
+//!
+//! # Topologies
+//! - [`TwoHost`]: sender namespace `<->` receiver namespace over one veth pair.
+//!   `sender_if` has [`SENDER_ADDR`], `receiver_if` has [`RECEIVER_ADDR`] (`/24`).
+//! - [`ThreeHost`]: sender `<->` relay `<->` receiver over two veth pairs. The relay namespace has
+//!   no addresses: it is an **L2 hop**. The impairment relay ([`crate::relay`]) forwards whole
+//!   Ethernet frames between `relay_a` and `relay_b`, so sender and receiver share one `/24`, ARP
+//!   resolves end to end, and no routing, forwarding sysctls or TTL changes are involved; without a
+//!   running relay the two hosts simply cannot reach each other (a test can check that). Because
+//!   frames are re-sent from user space, they lose any checksum-offload state: `ThreeHost`
+//!   therefore turns TX checksum offload off on both endpoint veths and TSO/GSO off on both (so
+//!   the relay sees MTU-sized frames it can impair one by one), and GRO off on the relay's ends.
+//!
+//! ```no_run
+//! use netrx_tests::netns::{LinkOpts, TwoHost};
+//! use std::io::{Read, Write};
+//! # fn t() {
+//! let topo = TwoHost::new(&LinkOpts::default()).unwrap();
+//! let listener = topo.receiver.run(|| std::net::TcpListener::bind("10.77.0.2:5001")).unwrap();
+//! let reader = std::thread::spawn(move || {
+//!     let (mut s, _) = listener.accept().unwrap();
+//!     let mut v = Vec::new();
+//!     s.read_to_end(&mut v).unwrap();
+//!     v.len()
+//! });
+//! topo.sender.run(|| {
+//!     let mut s = std::net::TcpStream::connect("10.77.0.2:5001").unwrap();
+//!     s.write_all(&[0u8; 1000]).unwrap();
+//! });
+//! assert_eq!(reader.join().unwrap(), 1000);
+//! # }
+//! ```
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Sender address in every topology (inside the sender namespace only).
+pub const SENDER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// Receiver address in every topology (inside the receiver namespace only).
+pub const RECEIVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// Prefix length of [`SENDER_ADDR`] / [`RECEIVER_ADDR`].
+pub const PREFIX_LEN: u8 = 24;
+/// Sender IPv6 address when [`LinkOpts::ipv6`] is set.
+pub const SENDER_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
+/// Receiver IPv6 address when [`LinkOpts::ipv6`] is set.
+pub const RECEIVER_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static STALE_CLEANED: OnceLock<()> = OnceLock::new();
+static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+
+fn ci() -> bool {
+    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+}
+
+/// Reports an unmet precondition: panics under `CI=true`, otherwise prints
+/// `skipped: <test>: <reason>` and returns `false`.
+pub fn skip_or_fail(test: &str, reason: &str) -> bool {
+    if ci() {
+        panic!("{test}: cannot run under CI=true: {reason}");
+    }
+    eprintln!("skipped: {test}: {reason}");
+    false
+}
+
+/// `true` when the process is root and can create network namespaces. Otherwise prints
+/// `skipped: ...` and returns `false`, or panics when `CI=true`.
+pub fn require_root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip_or_fail(
+            test,
+            "needs root (network namespaces); run the tests as root",
+        );
+    }
+    let probe = PROBE.get_or_init(|| match Netns::new() {
+        Ok(ns) => {
+            drop(ns);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "cannot create a network namespace ({e}); install iproute2 and run as root"
+        )),
+    });
+    match probe {
+        Ok(()) => true,
+        Err(e) => skip_or_fail(test, e),
+    }
+}
+
+/// `true` when every program in `tools` is on `PATH`; otherwise skips/fails like
+/// [`require_root_or_skip`] naming the Debian package to install.
+pub fn require_tools_or_skip(test: &str, tools: &[&str]) -> bool {
+    for t in tools {
+        if !on_path(t) {
+            let pkg = match *t {
+                "ip" => "iproute2",
+                other => other,
+            };
+            return skip_or_fail(
+                test,
+                &format!("`{t}` not found; install it (`apt-get install -y {pkg}`)"),
+            );
+        }
+    }
+    true
+}
+
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(prog).is_file())
+}
+
+/// Runs a command to completion; an error (with stderr) when it fails.
+pub fn run_checked<S: AsRef<OsStr>>(prog: &str, args: &[S]) -> io::Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run `{prog}`: {e}")))?;
+    check_output(prog, args, out)
+}
+
+fn check_output<S: AsRef<OsStr>>(prog: &str, args: &[S], out: Output) -> io::Result<String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let cmd: Vec<String> = std::iter::once(prog.to_string())
+            .chain(
+                args.iter()
+                    .map(|a| a.as_ref().to_string_lossy().into_owned()),
+            )
+            .collect();
+        Err(io::Error::other(format!(
+            "`{}` failed ({}): {}",
+            cmd.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn unique_suffix() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // base 36 keeps interface names within IFNAMSIZ (15): "nrx" + pid (<= 7) + "-" + 3 + role.
+    let mut s = String::new();
+    let mut v = n;
+    loop {
+        s.insert(0, std::char::from_digit(v % 36, 36).unwrap_or('0'));
+        v /= 36;
+        if v == 0 {
+            break;
+        }
+    }
+    format!("nrx{}-{}", std::process::id(), s)
+}
+
+/// Deletes namespaces named `nrx<pid>-...` whose pid no longer exists (left by a killed run).
+fn clean_stale() {
+    STALE_CLEANED.get_or_init(|| {
+        let Ok(rd) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("nrx") else {
+                continue;
+            };
+            let Some((pid, _)) = rest.split_once('-') else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = run_checked("ip", &["netns", "del", &name]);
+            }
+        }
+    });
+}
+
+/// A network namespace created by this process; deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a uniquely named namespace with `lo` up.
+    pub fn new() -> io::Result<Netns> {
+        clean_stale();
+        let name = unique_suffix();
+        run_checked("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.run_cmd("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name (as in `ip netns list`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `prog args...` inside the namespace and returns its raw output.
+    pub fn exec<S: AsRef<OsStr>>(&self, prog: &str, args: &[S]) -> io::Result<Output> {
+        self.command(prog, args).stdin(Stdio::null()).output()
+    }
+
+    /// Runs `prog args...` inside the namespace; stdout on success, an error with stderr otherwise.
+    pub fn run_cmd<S: AsRef<OsStr>>(&self, prog: &str, args: &[S]) -> io::Result<String> {
+        let out = self.exec(prog, args)?;
+        check_output(prog, args, out)
+    }
+
+    /// A `Command` (`ip netns exec NAME prog args...`) to adjust and run yourself.
+    pub fn command<S: AsRef<OsStr>>(&self, prog: &str, args: &[S]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, prog]).args(args);
+        c
+    }
+
+    /// Starts `prog args...` in the background inside the namespace (stdin null, stdout and stderr
+    /// piped). The child is killed by pid and reaped when the returned guard drops.
+    pub fn spawn<S: AsRef<OsStr>>(&self, prog: &str, args: &[S]) -> io::Result<NsChild> {
+        let child = self
+            .command(prog, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(NsChild { child: Some(child) })
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace, waits for it and returns its
+    /// result. Panics in `f` propagate; panics with a clear message if `setns` fails.
+    pub fn run<F, R>(&self, f: F) -> R
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let file = self.open().unwrap_or_else(|e| panic!("{e}"));
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                enter(&file).unwrap_or_else(|e| panic!("{e}"));
+                f()
+            });
+            match h.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+
+    /// Like [`Netns::run`] but fallible instead of panicking on `setns` failure.
+    pub fn try_run<F, R>(&self, f: F) -> io::Result<R>
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let file = self.open()?;
+        std::thread::scope(|s| {
+            let h = s.spawn(move || enter(&file).map(|()| f()));
+            match h.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+
+    /// Spawns a thread that enters this namespace and runs `f`. Join it before the namespace drops
+    /// (a thread still inside keeps the namespace alive after `ip netns del`).
+    pub fn spawn_thread<F, R>(&self, f: F) -> io::Result<std::thread::JoinHandle<R>>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let file = self.open()?;
+        Ok(std::thread::spawn(move || {
+            enter(&file).unwrap_or_else(|e| panic!("{e}"));
+            drop(file);
+            f()
+        }))
+    }
+
+    /// Turns the given offload features off on `ifname` inside this namespace, e.g.
+    /// `&["tx", "tso", "gso"]` (`ethtool -K IF tx off tso off gso off`).
+    pub fn ethtool_off(&self, ifname: &str, features: &[&str]) -> io::Result<()> {
+        let mut args = vec!["-K".to_string(), ifname.to_string()];
+        for f in features {
+            args.push((*f).to_string());
+            args.push("off".to_string());
+        }
+        self.run_cmd("ethtool", &args).map_err(|e| {
+            if on_path("ethtool") {
+                e
+            } else {
+                io::Error::other("`ethtool` not found; install it (`apt-get install -y ethtool`)")
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The interface index of `ifname` inside this namespace.
+    pub fn ifindex(&self, ifname: &str) -> io::Result<u32> {
+        let name = std::ffi::CString::new(ifname)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has NUL"))?;
+        let idx = self.try_run(|| {
+            // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        })?;
+        if idx == 0 {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface `{ifname}` in namespace {}", self.name),
+            ))
+        } else {
+            Ok(idx)
+        }
+    }
+
+    fn open(&self) -> io::Result<File> {
+        File::open(format!("/run/netns/{}", self.name)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open /run/netns/{}: {e}", self.name),
+            )
+        })
+    }
+}
+
+fn enter(file: &File) -> io::Result<()> {
+    // SAFETY: setns on a valid namespace fd only changes this thread's network namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("setns into a network namespace failed: {e} (needs root)"),
+        ));
+    }
+    Ok(())
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Retry briefly: a just-killed child may still hold the namespace.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match run_checked("ip", &["netns", "del", &self.name]) {
+                Ok(_) => return,
+                Err(e) => {
+                    if Instant::now() > deadline {
+                        eprintln!("warning: cannot delete namespace {}: {e}", self.name);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+/// A background process inside a namespace; killed (SIGKILL, by pid) and reaped on drop.
+#[derive(Debug)]
+pub struct NsChild {
+    child: Option<Child>,
+}
+
+impl NsChild {
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Mutable access to the underlying child (e.g. to take its stdout).
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child present until drop")
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGTERM`) to the child by pid.
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        let pid = self.id() as libc::pid_t;
+        // SAFETY: kill on the pid of our own un-reaped child.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the child to exit; returns its output (stdout/stderr if piped).
+    /// On timeout the child is killed and an error returned.
+    pub fn wait_timeout(mut self, timeout: Duration) -> io::Result<Output> {
+        let mut child = self.child.take().expect("child present until drop");
+        let deadline = Instant::now() + timeout;
+        // Drain pipes on threads so a chatty child cannot block on a full pipe.
+        let out = child.stdout.take().map(|mut o| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = io::Read::read_to_end(&mut o, &mut v);
+                v
+            })
+        });
+        let err = child.stderr.take().map(|mut o| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = io::Read::read_to_end(&mut o, &mut v);
+                v
+            })
+        });
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("child {} did not exit within {timeout:?}", child.id()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Output {
+            status,
+            stdout: out.and_then(|h| h.join().ok()).unwrap_or_default(),
+            stderr: err.and_then(|h| h.join().ok()).unwrap_or_default(),
+        })
+    }
+}
+
+impl Drop for NsChild {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Options of a veth link.
+#[derive(Clone, Debug)]
+pub struct LinkOpts {
+    /// MTU on both ends (default 1500).
+    pub mtu: u32,
+    /// `numrxqueues` and `numtxqueues` of both ends (default 1).
+    pub queues: u32,
+    /// `ethtool -K <sender end> tx off` (TX checksum offload; needed when frames are received by
+    /// AF_XDP or re-sent from user space). Default false for [`TwoHost`].
+    pub sender_tx_csum_off: bool,
+    /// `ethtool -K <sender end> tso off gso off`: the sender emits MTU-sized frames.
+    pub sender_tso_off: bool,
+    /// `ethtool -K <receiver end> tx off` (the receiver's ACKs carry full checksums).
+    pub receiver_tx_csum_off: bool,
+    /// Also add `fd00:77::1/64` and `fd00:77::2/64` (nodad).
+    pub ipv6: bool,
+}
+
+impl Default for LinkOpts {
+    fn default() -> Self {
+        LinkOpts {
+            mtu: 1500,
+            queues: 1,
+            sender_tx_csum_off: false,
+            sender_tso_off: false,
+            receiver_tx_csum_off: false,
+            ipv6: false,
+        }
+    }
+}
+
+/// One veth pair (`a` end in one namespace, `b` end in another), both up. Dropping it deletes the
+/// pair (deleting the namespace also does).
+#[derive(Debug)]
+pub struct Veth {
+    /// Name of the `a` end.
+    pub a: String,
+    /// Name of the `b` end.
+    pub b: String,
+    a_ns: String,
+}
+
+impl Veth {
+    /// Creates `a` in `ns_a` and `b` in `ns_b` (names must be unique in their namespaces and at
+    /// most 15 bytes), sets MTU and queue counts, brings both up.
+    pub fn create(
+        ns_a: &Netns,
+        a: &str,
+        ns_b: &Netns,
+        b: &str,
+        opts: &LinkOpts,
+    ) -> io::Result<Veth> {
+        if opts.queues == 0 || opts.queues > 64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("veth queues must be 1..=64, got {}", opts.queues),
+            ));
+        }
+        let q = opts.queues.to_string();
+        let mtu = opts.mtu.to_string();
+        run_checked(
+            "ip",
+            &[
+                "link",
+                "add",
+                a,
+                "netns",
+                &ns_a.name,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b,
+                "netns",
+                &ns_b.name,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
+                "mtu",
+                &mtu,
+            ],
+        )?;
+        let v = Veth {
+            a: a.to_string(),
+            b: b.to_string(),
+            a_ns: ns_a.name.clone(),
+        };
+        ns_a.run_cmd("ip", &["link", "set", a, "up"])?;
+        ns_b.run_cmd("ip", &["link", "set", b, "up"])?;
+        Ok(v)
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = run_checked("ip", &["-n", &self.a_ns, "link", "del", &self.a]);
+    }
+}
+
+fn add_addrs(ns: &Netns, ifname: &str, v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> io::Result<()> {
+    ns.run_cmd(
+        "ip",
+        &["addr", "add", &format!("{v4}/{PREFIX_LEN}"), "dev", ifname],
+    )?;
+    if let Some(v6) = v6 {
+        ns.run_cmd(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn apply_offloads(
+    sender: &Netns,
+    s_if: &str,
+    receiver: &Netns,
+    r_if: &str,
+    o: &LinkOpts,
+) -> io::Result<()> {
+    let mut feats = Vec::new();
+    if o.sender_tx_csum_off {
+        feats.push("tx");
+    }
+    if o.sender_tso_off {
+        feats.extend(["tso", "gso"]);
+    }
+    if !feats.is_empty() {
+        sender.ethtool_off(s_if, &feats)?;
+    }
+    if o.receiver_tx_csum_off {
+        receiver.ethtool_off(r_if, &["tx"])?;
+    }
+    Ok(())
+}
+
+// Serialises topology construction: `ip` commands racing from parallel tests are fine, but
+// building one topology at a time keeps failures readable and CPU bursts short.
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// Sender namespace `<->` receiver namespace over one veth pair.
+///
+/// Field order is drop order: the veth goes first, then the namespaces.
+#[derive(Debug)]
+pub struct TwoHost {
+    /// The veth pair (`a` = `sender_if`, `b` = `receiver_if`).
+    pub veth: Veth,
+    /// Sender namespace; its end has [`SENDER_ADDR`].
+    pub sender: Netns,
+    /// Receiver namespace; its end has [`RECEIVER_ADDR`].
+    pub receiver: Netns,
+    /// Sender-side interface name (in `sender`).
+    pub sender_if: String,
+    /// Receiver-side interface name (in `receiver`).
+    pub receiver_if: String,
+    /// Options used.
+    pub opts: LinkOpts,
+}
+
+impl TwoHost {
+    /// Builds the topology with `opts`; everything is torn down on drop.
+    pub fn new(opts: &LinkOpts) -> io::Result<TwoHost> {
+        let _g = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = Netns::new()?;
+        let receiver = Netns::new()?;
+        let sender_if = format!("{}s", sender.name);
+        let receiver_if = format!("{}r", receiver.name);
+        let veth = Veth::create(&sender, &sender_if, &receiver, &receiver_if, opts)?;
+        add_addrs(
+            &sender,
+            &sender_if,
+            SENDER_ADDR,
+            opts.ipv6.then_some(SENDER_ADDR6),
+        )?;
+        add_addrs(
+            &receiver,
+            &receiver_if,
+            RECEIVER_ADDR,
+            opts.ipv6.then_some(RECEIVER_ADDR6),
+        )?;
+        apply_offloads(&sender, &sender_if, &receiver, &receiver_if, opts)?;
+        Ok(TwoHost {
+            veth,
+            sender,
+            receiver,
+            sender_if,
+            receiver_if,
+            opts: opts.clone(),
+        })
+    }
+}
+
+/// Sender `<->` relay `<->` receiver: two veth pairs, the relay namespace an L2 hop with no
+/// addresses (see the module docs for why). Nothing passes until a relay forwards frames between
+/// `relay_a` and `relay_b` (e.g. [`crate::relay::Relay::start`]).
+#[derive(Debug)]
+pub struct ThreeHost {
+    /// Sender `<->` relay pair (`a` = `sender_if`, `b` = `relay_a`).
+    pub veth_a: Veth,
+    /// Relay `<->` receiver pair (`a` = `relay_b`, `b` = `receiver_if`).
+    pub veth_b: Veth,
+    /// Sender namespace; its end has [`SENDER_ADDR`].
+    pub sender: Netns,
+    /// Relay namespace (no addresses, IPv6 disabled so it emits nothing of its own).
+    pub relay: Netns,
+    /// Receiver namespace; its end has [`RECEIVER_ADDR`].
+    pub receiver: Netns,
+    /// Sender-side interface (in `sender`).
+    pub sender_if: String,
+    /// Relay interface facing the sender (in `relay`).
+    pub relay_a: String,
+    /// Relay interface facing the receiver (in `relay`).
+    pub relay_b: String,
+    /// Receiver-side interface (in `receiver`).
+    pub receiver_if: String,
+    /// Options used (after forcing the offload settings the relay needs).
+    pub opts: LinkOpts,
+}
+
+impl ThreeHost {
+    /// Builds the topology. `opts.mtu` and `opts.queues` apply to both pairs (the relay side keeps
+    /// one queue pair per queue too); TX checksum offload is forced off on both endpoints and
+    /// TSO/GSO off on both endpoints, GRO off on the relay's ends, whatever `opts` says.
+    pub fn new(opts: &LinkOpts) -> io::Result<ThreeHost> {
+        let _g = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+        let mut opts = opts.clone();
+        opts.sender_tx_csum_off = true;
+        opts.sender_tso_off = true;
+        opts.receiver_tx_csum_off = true;
+        let sender = Netns::new()?;
+        let relay = Netns::new()?;
+        let receiver = Netns::new()?;
+        // The relay namespace must stay silent: no IPv6 link-local addresses, no NDP/MLD.
+        relay.run_cmd("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        relay.run_cmd("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        let sender_if = format!("{}s", sender.name);
+        let relay_a = format!("{}a", relay.name);
+        let relay_b = format!("{}b", relay.name);
+        let receiver_if = format!("{}r", receiver.name);
+        let veth_a = Veth::create(&sender, &sender_if, &relay, &relay_a, &opts)?;
+        let veth_b = Veth::create(&relay, &relay_b, &receiver, &receiver_if, &opts)?;
+        add_addrs(
+            &sender,
+            &sender_if,
+            SENDER_ADDR,
+            opts.ipv6.then_some(SENDER_ADDR6),
+        )?;
+        add_addrs(
+            &receiver,
+            &receiver_if,
+            RECEIVER_ADDR,
+            opts.ipv6.then_some(RECEIVER_ADDR6),
+        )?;
+        sender.ethtool_off(&sender_if, &["tx", "tso", "gso"])?;
+        receiver.ethtool_off(&receiver_if, &["tx", "tso", "gso"])?;
+        for i in [&relay_a, &relay_b] {
+            relay.ethtool_off(i, &["gro", "tso", "gso"])?;
+            relay.run_cmd("ip", &["link", "set", i, "promisc", "on"])?;
+        }
+        Ok(ThreeHost {
+            veth_a,
+            veth_b,
+            sender,
+            relay,
+            receiver,
+            sender_if,
+            relay_a,
+            relay_b,
+            receiver_if,
+            opts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn unique_names_fit_ifnamsiz() {
+        let a = unique_suffix();
+        let b = unique_suffix();
+        assert_ne!(a, b);
+        assert!(a.len() < 15, "{a}");
+    }
+
+    #[test]
+    fn two_host_tcp_child_and_teardown() {
+        if !require_root_or_skip("two_host_tcp_child_and_teardown") {
+            return;
+        }
+        let opts = LinkOpts {
+            queues: 2,
+            mtu: 3000,
+            sender_tx_csum_off: on_path("ethtool"),
+            ..LinkOpts::default()
+        };
+        let topo = TwoHost::new(&opts).unwrap();
+        let names = (
+            topo.sender.name().to_string(),
+            topo.receiver.name().to_string(),
+        );
+        let link = topo
+            .receiver
+            .run_cmd("ip", &["-d", "link", "show", &topo.receiver_if])
+            .unwrap();
+        assert!(link.contains("mtu 3000"), "{link}");
+        assert!(link.contains("numrxqueues 2"), "{link}");
+        // A closure on a setns-ed thread owns the listener; the accept runs on a plain thread.
+        let listener = topo
+            .receiver
+            .run(|| std::net::TcpListener::bind((RECEIVER_ADDR, 0)))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reader = std::thread::spawn(move || {
+            let (mut s, peer) = listener.accept().unwrap();
+            let mut v = Vec::new();
+            s.read_to_end(&mut v).unwrap();
+            (v, peer)
+        });
+        topo.sender.run(|| {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &(RECEIVER_ADDR, port).into(),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            s.write_all(&[7u8; 100_000]).unwrap();
+        });
+        let (v, peer) = reader.join().unwrap();
+        assert_eq!(v.len(), 100_000);
+        assert_eq!(peer.ip(), std::net::IpAddr::V4(SENDER_ADDR));
+        // The root namespace cannot see the receiver's address.
+        assert!(std::net::TcpStream::connect_timeout(
+            &(RECEIVER_ADDR, port).into(),
+            Duration::from_millis(200)
+        )
+        .is_err());
+        // A child in the namespace, killed on drop.
+        let child = topo.sender.spawn("sleep", &["30"]).unwrap();
+        let pid = child.id();
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        drop(child);
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .map(|c| !c.contains("sleep"))
+                    .unwrap_or(true)
+        );
+        drop(topo);
+        let list = run_checked("ip", &["netns", "list"]).unwrap();
+        assert!(
+            !list.contains(&names.0) && !list.contains(&names.1),
+            "{list}"
+        );
+    }
+
+    #[test]
+    fn teardown_on_panic() {
+        if !require_root_or_skip("teardown_on_panic") {
+            return;
+        }
+        let name = std::sync::Arc::new(Mutex::new(String::new()));
+        let n2 = name.clone();
+        let r = std::panic::catch_unwind(move || {
+            let topo = TwoHost::new(&LinkOpts::default()).unwrap();
+            *n2.lock().unwrap() = topo.sender.name().to_string();
+            panic!("boom");
+        });
+        assert!(r.is_err());
+        let list = run_checked("ip", &["netns", "list"]).unwrap();
+        let n = name.lock().unwrap().clone();
+        assert!(!n.is_empty() && !list.contains(&n), "{list}");
+    }
+
+    #[test]
+    fn three_host_is_silent_without_relay() {
+        if !require_root_or_skip("three_host_is_silent_without_relay")
+            || !require_tools_or_skip("three_host_is_silent_without_relay", &["ethtool"])
+        {
+            return;
+        }
+        let topo = ThreeHost::new(&LinkOpts::default()).unwrap();
+        let k = topo
+            .sender
+            .run_cmd("ethtool", &["-k", &topo.sender_if])
+            .unwrap();
+        assert!(k.contains("tx-checksumming: off"), "{k}");
+        assert!(k.contains("tcp-segmentation-offload: off"), "{k}");
+        let r = topo.sender.run(|| {
+            std::net::TcpStream::connect_timeout(
+                &(RECEIVER_ADDR, 9).into(),
+                Duration::from_millis(300),
+            )
+        });
+        assert!(r.is_err());
+    }
+}
