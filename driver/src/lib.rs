@@ -8,3 +8,13 @@
 pub mod desc;
 pub mod dma;
 pub mod regs;
+pub mod channel;
+pub mod device;
+pub mod error;
+pub mod ring;
+
+pub use channel::{Channel, ChannelConfig, ChannelRegs, ChannelStats, Completion};
+pub use device::{Device, DeviceInfo, DeviceOptions};
+pub use dma::{DmaBuffer, DmaMapper, DmaRegion, HugePages, IovaAllocator, MapError, RegionPin};
+pub use error::{Error, OpError, SubmitError};
+pub use ring::Token;
