@@ -18,3 +18,6 @@ pub use device::{Device, DeviceInfo, DeviceOptions};
 pub use dma::{DmaBuffer, DmaMapper, DmaRegion, HugePages, IovaAllocator, MapError, RegionPin};
 pub use error::{Error, OpError, SubmitError};
 pub use ring::Token;
+pub mod discover;
+pub mod ids;
+pub mod vfio;
