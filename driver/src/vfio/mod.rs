@@ -8,7 +8,7 @@
 //!   registers are two 32-bit accesses, low half first (the trait's default), with
 //!   [`VfioBar::read64_single`]/[`VfioBar::write64_single`] for devices that want one access.
 //! - [`VfioMapper`] implements [`DmaMapper`]: `VFIO_IOMMU_MAP_DMA` at IOVAs from its own
-//!   allocator ([`IovaSpace`]), or, in no-IOMMU mode, physical addresses from
+//!   allocator ([`IovaAllocator`] from [`crate::dma`]), or, in no-IOMMU mode, physical addresses from
 //!   `/proc/self/pagemap`.
 //! - Interrupts: MSI-X, MSI or INTx vectors bound to [`EventFd`]s; [`ioat_irq`] adds the I/OAT
 //!   specifics (INTRCTRL, INTRDELAY coalescing, INT_REARM).
@@ -17,7 +17,6 @@
 //! through the `unsafe` [`VfioOpenOptions::i_understand_noiommu`], and opening logs a warning.
 
 pub mod ioat_irq;
-pub mod iova;
 pub mod irq;
 pub mod pagemap;
 mod sys;
@@ -35,10 +34,9 @@ use pci_driver::regions::{MappedOwningPciRegion, PciRegion, Permissions};
 use thiserror::Error;
 
 use crate::discover::{Bdf, Expect, Host, Preflight, PreflightError, PreflightOptions};
-use crate::dma::{DmaMapper, MapError};
+use crate::dma::{DmaMapper, IovaAllocator, MapError};
 use crate::regs::{pci, RegisterAccess};
 
-pub use iova::IovaSpace;
 pub use irq::EventFd;
 
 /// Errors from opening and driving a VFIO device. Messages are one line and name the fix.
@@ -488,13 +486,13 @@ impl VfioDevice {
             Backend::Iommu(d) => {
                 let io = d.iommu();
                 let w = &self.inner.iova_window;
-                let windows: Vec<Range<u64>> = io
+                let windows: Vec<(u64, u64)> = io
                     .valid_iova_ranges()
                     .iter()
                     .filter_map(|r| {
                         let s = r.start.max(w.start);
                         let e = r.end.min(w.end);
-                        (s < e).then_some(s..e)
+                        (s < e).then_some((s, e - s))
                     })
                     .collect();
                 (windows, io.alignment().max(4096))
@@ -505,7 +503,9 @@ impl VfioDevice {
             dev: self.clone(),
             page,
             state: Mutex::new(MapState {
-                space: IovaSpace::new(windows),
+                space: IovaAllocator::new(&windows, page as u64).unwrap_or_else(|_| {
+                    IovaAllocator::new(&[], 4096).expect("4096 is a power of two")
+                }),
                 maps: BTreeMap::new(),
             }),
         })
@@ -649,7 +649,7 @@ struct Mapping {
 }
 
 struct MapState {
-    space: IovaSpace,
+    space: IovaAllocator,
     maps: BTreeMap<u64, Mapping>,
 }
 
@@ -713,13 +713,7 @@ impl DmaMapper for VfioMapper {
         let mut st = self.state.lock();
         match &self.dev.inner.backend {
             Backend::Iommu(d) => {
-                let base_iova =
-                    st.space
-                        .alloc(span as u64, ps as u64)
-                        .ok_or(MapError::IovaExhausted {
-                            len: span as u64,
-                            align: ps as u64,
-                        })?;
+                let base_iova = st.space.alloc(span as u64, ps as u64)?;
                 // SAFETY: the caller guarantees the memory stays allocated and unaliased by
                 // Rust references until unmap (DmaMapper::map contract); `base..base+span`
                 // covers exactly the pages holding it.
@@ -728,7 +722,7 @@ impl DmaMapper for VfioMapper {
                         .map(base_iova, span, base as *const u8, Permissions::ReadWrite)
                 };
                 if let Err(e) = r {
-                    st.space.free(base_iova, span as u64);
+                    let _ = st.space.free(base_iova, span as u64);
                     return Err(Self::os("VFIO_IOMMU_MAP_DMA (raise RLIMIT_MEMLOCK?)", e));
                 }
                 let iova = base_iova + (va - base) as u64;
@@ -790,7 +784,7 @@ impl DmaMapper for VfioMapper {
             d.iommu()
                 .unmap(m.base_iova, m.span)
                 .map_err(|e| Self::os("VFIO_IOMMU_UNMAP_DMA", e))?;
-            st.space.free(m.base_iova, m.span as u64);
+            st.space.free(m.base_iova, m.span as u64)?;
         }
         Ok(())
     }
