@@ -1,1 +1,2 @@
 //! netrx: AF_XDP TCP receive with an I/OAT copy engine.
+pub mod xsk;
