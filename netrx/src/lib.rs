@@ -1,2 +1,6 @@
 //! netrx: AF_XDP TCP receive with an I/OAT copy engine.
+pub mod copy;
 pub mod xsk;
+
+pub mod tcp;
+pub mod wire;
