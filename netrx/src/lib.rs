@@ -1,5 +1,4 @@
 //! netrx: AF_XDP TCP receive with an I/OAT copy engine.
-pub mod copy;
 pub mod xsk;
 
 pub mod tcp;
