@@ -8,7 +8,6 @@
 pub mod desc;
 pub mod dma;
 pub mod regs;
-pub mod model;
 pub mod channel;
 pub mod device;
 pub mod error;

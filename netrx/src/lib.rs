@@ -1,4 +1,5 @@
 //! netrx: AF_XDP TCP receive with an I/OAT copy engine.
+pub mod copy;
 pub mod xsk;
 
 pub mod tcp;
