@@ -8,6 +8,7 @@
 pub mod desc;
 pub mod dma;
 pub mod regs;
+pub mod model;
 pub mod channel;
 pub mod device;
 pub mod error;
