@@ -10,6 +10,7 @@ pub mod dma;
 pub mod regs;
 pub mod model;
 pub mod channel;
+pub mod conformance;
 pub mod device;
 pub mod error;
 pub mod ring;
