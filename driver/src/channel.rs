@@ -216,7 +216,7 @@ impl<R: RegisterAccess> Channel<R> {
                 "completion_timeout and reset_timeout must be non-zero".into(),
             ));
         }
-        let ring_bytes = (DESC_SIZE << cfg.ring_order) as usize;
+        let ring_bytes = DESC_SIZE << cfg.ring_order;
         // The completion word gets its own cache line after the ring (8-byte alignment is the
         // requirement, rule A2; Linux uses a cache line).
         let compl_off = ring_bytes;

@@ -92,6 +92,11 @@ impl Op {
             }
         }
     }
+    /// Whether the operation writes nothing (never true for a valid op).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Bytes the operation writes.
     pub fn len(&self) -> usize {
         match *self {

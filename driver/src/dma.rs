@@ -155,7 +155,7 @@ impl IovaAllocator {
 
     /// Returns a range obtained from [`IovaAllocator::alloc`].
     pub fn free(&mut self, iova: u64, len: u64) -> Result<(), MapError> {
-        let rounded = len.checked_add(self.page - 1).unwrap_or(u64::MAX) & !(self.page - 1);
+        let rounded = len.saturating_add(self.page - 1) & !(self.page - 1);
         match self.used.get(&iova) {
             Some(&l) if l == rounded || len == 0 => {
                 self.used.remove(&iova);
@@ -652,8 +652,11 @@ impl Drop for RegionPin {
 /// A mapper that only allocates IOVAs and remembers the translation, without any device: for
 /// unit tests of region bookkeeping (the model brings its own mapper).
 pub struct TableMapper {
-    inner: parking_lot::Mutex<(IovaAllocator, BTreeMap<u64, (u64, usize)>)>,
+    inner: parking_lot::Mutex<(IovaAllocator, Translations)>,
 }
+
+/// IOVA -> (host address, length).
+type Translations = BTreeMap<u64, (u64, usize)>;
 
 impl TableMapper {
     /// A mapper handing out IOVAs from `base..base+size`.
