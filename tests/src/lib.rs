@@ -8,3 +8,4 @@
 //! See `docs/testing.md` for the test tiers and how to use both.
 
 pub mod netns;
+pub mod relay;

@@ -1,0 +1,243 @@
+//! The impairment relay end to end, independent of netrx: the Linux kernel's TCP on both ends.
+//! Needs root (network namespaces); fails under `CI=true` when it cannot run.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use netrx_tests::netns::{
+    require_root_or_skip, require_tools_or_skip, LinkOpts, Netns, ThreeHost, RECEIVER_ADDR,
+};
+use netrx_tests::relay::{Impairment, Relay, RelaySettings};
+use sha2::{Digest, Sha256};
+
+const CHUNK: usize = 1 << 20;
+
+/// Deterministic, position-dependent data: chunk `i` of the stream.
+fn fill_chunk(buf: &mut [u8], i: u64) {
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for w in buf.chunks_exact_mut(8) {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
+struct Transfer {
+    sent: [u8; 32],
+    received: [u8; 32],
+    bytes_received: u64,
+    elapsed: Duration,
+}
+
+/// Sends `bytes` from a std::net client in `sender` to a std::net reader in `receiver`, both
+/// hashing. Every loop is bounded by count and by `limit`.
+fn transfer(sender: &Netns, receiver: &Netns, bytes: u64, limit: Duration) -> Transfer {
+    let listener = receiver
+        .run(|| TcpListener::bind((RECEIVER_ADDR, 0)))
+        .expect("bind in receiver namespace");
+    let port = listener.local_addr().unwrap().port();
+    let deadline = Instant::now() + limit;
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0u64;
+        // Bounded: at most bytes/1 reads plus one for EOF, and the deadline.
+        for _ in 0..=bytes + 1 {
+            let k = s.read(&mut buf).expect("read (timed out?)");
+            if k == 0 || Instant::now() > deadline {
+                break;
+            }
+            h.update(&buf[..k]);
+            n += k as u64;
+        }
+        (h.finalize(), n)
+    });
+    let start = Instant::now();
+    let sent = sender.run(|| {
+        let mut s =
+            TcpStream::connect_timeout(&(RECEIVER_ADDR, port).into(), Duration::from_secs(10))
+                .expect("connect through the relay");
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let chunks = bytes.div_ceil(CHUNK as u64);
+        for i in 0..chunks {
+            assert!(
+                Instant::now() < deadline,
+                "transfer exceeded {limit:?} at chunk {i}"
+            );
+            let len = (bytes - i * CHUNK as u64).min(CHUNK as u64) as usize;
+            fill_chunk(&mut buf[..len], i);
+            s.write_all(&buf[..len]).expect("write");
+            h.update(&buf[..len]);
+        }
+        h.finalize()
+    });
+    let (received, n) = reader.join().expect("reader thread");
+    Transfer {
+        sent: sent.into(),
+        received: received.into(),
+        bytes_received: n,
+        elapsed: start.elapsed(),
+    }
+}
+
+fn netem_like() -> Impairment {
+    Impairment {
+        loss: 2.0,
+        reorder: 25.0,
+        reorder_depth: 3,
+        duplicate: 1.0,
+        corrupt: 0.1,
+        ..Impairment::none()
+    }
+}
+
+#[test]
+fn relay_256mib_through_loss_reorder_dup_corrupt() {
+    if !require_root_or_skip("relay_256mib_through_loss_reorder_dup_corrupt")
+        || !require_tools_or_skip(
+            "relay_256mib_through_loss_reorder_dup_corrupt",
+            &["ethtool"],
+        )
+    {
+        return;
+    }
+    let topo = ThreeHost::new(&LinkOpts::default()).expect("three-host topology");
+    let relay = Relay::start(&topo, RelaySettings::both(netem_like(), 7)).expect("relay");
+    let bytes = 256u64 << 20;
+    let t = transfer(
+        &topo.sender,
+        &topo.receiver,
+        bytes,
+        Duration::from_secs(100),
+    );
+    let c = relay.stop();
+    eprintln!(
+        "256 MiB through the impairing relay in {:.2?} ({:.2} Gbit/s)\n{c}",
+        t.elapsed,
+        bytes as f64 * 8.0 / t.elapsed.as_secs_f64() / 1e9
+    );
+    assert_eq!(t.bytes_received, bytes);
+    assert_eq!(t.sent, t.received, "SHA-256 of sent and received streams");
+    let d = &c.a_to_b;
+    assert!(d.lost > 0, "{d}");
+    assert!(d.reordered > 0 && d.released_by_depth > 0, "{d}");
+    assert!(d.duplicated > 0, "{d}");
+    assert!(d.corrupted > 0, "{d}");
+    assert!(
+        c.b_to_a.lost > 0 && c.b_to_a.reordered > 0,
+        "ACKs impaired too: {}",
+        c.b_to_a
+    );
+    assert_eq!(d.gso_dropped, 0, "sender TSO/GSO must be off: {d}");
+    assert!(d.passthrough > 0, "ARP passed through: {d}");
+    // Rates: loss within broad bounds of 2% of the TCP frames (seeded, but frame counts vary).
+    let rate = d.lost as f64 / d.tcp as f64;
+    assert!((0.015..0.025).contains(&rate), "loss rate {rate}");
+}
+
+#[test]
+fn relay_same_seed_decisions_are_reported() {
+    if !require_root_or_skip("relay_same_seed_decisions_are_reported")
+        || !require_tools_or_skip("relay_same_seed_decisions_are_reported", &["ethtool"])
+    {
+        return;
+    }
+    // A transparent relay forwards, and a bad setting is refused with a message naming it.
+    let topo = ThreeHost::new(&LinkOpts::default()).expect("three-host topology");
+    let bad = Impairment {
+        loss: 150.0,
+        ..Impairment::none()
+    };
+    let e = Relay::start(&topo, RelaySettings::both(bad, 1))
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("loss"), "{e}");
+    let e = Relay::start_on(
+        Some(&topo.relay),
+        "nonexistent0",
+        &topo.relay_b,
+        RelaySettings::transparent(),
+    )
+    .err()
+    .expect("refused");
+    assert!(e.to_string().contains("nonexistent0"), "{e}");
+    let relay = Relay::start(&topo, RelaySettings::transparent()).expect("relay");
+    let t = transfer(
+        &topo.sender,
+        &topo.receiver,
+        8 << 20,
+        Duration::from_secs(30),
+    );
+    assert_eq!(t.sent, t.received);
+    let c = relay.stop();
+    assert_eq!(c.a_to_b.lost + c.a_to_b.corrupted + c.a_to_b.duplicated, 0);
+    assert!(c.a_to_b.frames_out > 5000, "{c}");
+}
+
+#[test]
+fn iperf2_client_through_relay() {
+    if !require_root_or_skip("iperf2_client_through_relay")
+        || !require_tools_or_skip("iperf2_client_through_relay", &["ethtool", "iperf"])
+    {
+        return;
+    }
+    let topo = ThreeHost::new(&LinkOpts::default()).expect("three-host topology");
+    let relay = Relay::start(&topo, RelaySettings::both(netem_like(), 11)).expect("relay");
+    // A plain reader (receive-only endpoint, as netrx will be).
+    let listener = topo
+        .receiver
+        .run(|| TcpListener::bind((RECEIVER_ADDR, 0)))
+        .expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0u64;
+        for _ in 0..100_000 {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => n += k as u64,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        n
+    });
+    let client = topo
+        .sender
+        .spawn(
+            "iperf",
+            &[
+                "-c",
+                &RECEIVER_ADDR.to_string(),
+                "-p",
+                &port.to_string(),
+                "-w",
+                "250K",
+                "-l",
+                "2M",
+                "-n",
+                "64M",
+                "-e",
+            ],
+        )
+        .expect("spawn iperf");
+    let out = client
+        .wait_timeout(Duration::from_secs(90))
+        .expect("iperf finishes");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "iperf -c failed: {}", out.status);
+    assert!(stdout.contains("TCP window size"), "{stdout}");
+    assert_eq!(reader.join().expect("reader"), 64 << 20);
+    let c = relay.stop();
+    eprintln!("{c}");
+    assert!(c.a_to_b.lost > 0 && c.a_to_b.reordered > 0, "{c}");
+}
