@@ -190,10 +190,12 @@ pub enum NoDma {
     NoChannel,
     /// Channel unhealthy or failing (adaptive only; NET_DMA had no such check).
     Failing,
+    /// Nonblocking receive (adaptive only): it never waits, so DMA could only add latency.
+    NoWait,
 }
 
 impl NoDma {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
 }
 
 /// The waiting reader's posted buffer, as the policy sees it.
@@ -447,6 +449,9 @@ impl Policy {
         }
         if available >= req.target() {
             return Err(NoDma::DataReady);
+        }
+        if req.nonblocking && self.cfg.kind == PolicyKind::Adaptive {
+            return Err(NoDma::NoWait);
         }
         let short = match self.cfg.kind {
             // NET_DMA compares the buffer length: `len > sysctl_tcp_dma_copybreak`.
@@ -877,6 +882,13 @@ mod tests {
         };
         assert_eq!(p.arm(&req(1 << 20, 1 << 20), 0, &dead), Err(NoDma::Failing));
         assert_eq!(p.max_batch(), 16);
+        let nb = RecvRequest {
+            nonblocking: true,
+            ..req(1 << 20, 1 << 20)
+        };
+        assert_eq!(p.arm(&nb, 0, &ch), Err(NoDma::NoWait));
+        // NET_DMA did not look at MSG_DONTWAIT.
+        assert_eq!(Policy::new(PolicyConfig::netdma()).arm(&nb, 0, &ch), Ok(()));
     }
 
     #[test]
