@@ -751,13 +751,13 @@ impl<R: RegisterAccess> Channel<R> {
         let _ = self.mem.write_u64_volatile(self.compl_off, 0);
         self.last_word = 0;
         let compl_iova = self.mem.iova() + self.compl_off as u64;
-        self.regs().write64(b + chan::CHANCMP, compl_iova);
+        write64_halves(self.regs(), b + chan::CHANCMP, compl_iova);
         let pos = self.ring.restart_chain();
         self.push_null(Ctl::null().compl_write(true))
             .map_err(|_| Error::BadConfig("ring has no room for the start descriptor".into()))?;
         let null_iova = self.ring.desc_iova(pos);
         // CHAINADDR at the chain start; the device's count restarts at 0 (rule D2).
-        self.regs().write64(b + chan::CHAINADDR, null_iova);
+        write64_halves(self.regs(), b + chan::CHAINADDR, null_iova);
         let count = self.ring.issue().unwrap_or(1);
         fence(Ordering::SeqCst);
         self.regs().write16(b + chan::DMACOUNT, count);
@@ -840,6 +840,14 @@ impl<R: RegisterAccess> Channel<R> {
             completion: self.completion_word(),
         }
     }
+}
+
+/// Writes a 64-bit register as two 32-bit halves, low first, whatever the access type's own
+/// `write64` does: Linux's "1 64b write doesn't work" for CHANCMP (rule W1), and the order
+/// every pre-3.3 part requires (W3).
+fn write64_halves<R: RegisterAccess>(r: &R, off: u32, val: u64) {
+    r.write32(off, val as u32);
+    r.write32(off + 4, (val >> 32) as u32);
 }
 
 fn region_iova(r: &DmaRegion, off: usize, len: usize) -> Result<u64, SubmitError> {

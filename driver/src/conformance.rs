@@ -621,3 +621,43 @@ pub fn submission_rules<R: RegisterAccess>(h: &mut Harness<R>) -> Result<(), Fai
     }
     Ok(())
 }
+
+/// What [`hardware_suite`] ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SuiteReport {
+    pub single_ops: u32,
+    pub batches: u32,
+    pub stress: StressReport,
+}
+
+/// Everything that needs no fault injection, sized for a real device (and run on the model by
+/// the driver's own tests): submission rules, `single_ops` random single copies/fills,
+/// `batches` random mixed batches, and a stress run of `stress_ops` operations through a
+/// 64-slot ring (more than 65,536 descriptors make DMACOUNT wrap).
+pub fn hardware_suite<R: RegisterAccess>(
+    dev: &Device<R>,
+    chan: u32,
+    seed: u64,
+    single_ops: u32,
+    batches: u32,
+    stress_ops: u64,
+) -> Result<SuiteReport, Failure> {
+    {
+        let mut h = Harness::new(dev, chan, ChannelConfig::default(), 1 << 20, seed)?;
+        submission_rules(&mut h).map_err(|e| Failure(format!("submission rules: {e}")))?;
+        let fills = dev.info().has_fill();
+        for i in 0..batches {
+            let n = h.rng.range(1, 40) as usize;
+            let ops: Vec<Op> = (0..n).map(|_| h.random_op(64 << 10, fills)).collect();
+            h.run_batch(&ops)
+                .map_err(|e| Failure(format!("batch {i} (seed {seed}): {e}")))?;
+        }
+    }
+    random_single_ops(dev, chan, seed ^ 0x5eed, single_ops, 20_000)?;
+    let stress = stress(dev, chan, 6, stress_ops, seed ^ 0xabcd)?;
+    Ok(SuiteReport {
+        single_ops,
+        batches,
+        stress,
+    })
+}

@@ -598,3 +598,11 @@ fn restart_after_manual_request_reports_pending_ops() {
     h.copy_case(0, 100, 1000).unwrap();
     assert_clean(&m);
 }
+
+#[test]
+fn hardware_suite_passes_on_the_model() {
+    let (m, d) = open(ModelConfig::preset(Preset::Bdx));
+    let r = conformance::hardware_suite(&d, 0, 99, 100, 20, 5_000).unwrap();
+    assert_eq!(r.stress.ops, 5_000);
+    assert_clean(&m);
+}
