@@ -371,16 +371,28 @@ impl XskSocket {
             sxdp_queue_id: queue,
             sxdp_shared_umem_fd: 0,
         };
-        // SAFETY: `sa` is a valid sockaddr_xdp of the length passed.
-        let r = unsafe {
-            libc::bind(
-                raw,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
+        // A socket closed just before (e.g. a restarted service) releases its queue in a
+        // deferred kernel work item: retry EBUSY for a short while.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let bound = loop {
+            // SAFETY: `sa` is a valid sockaddr_xdp of the length passed.
+            let r = unsafe {
+                libc::bind(
+                    raw,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break Ok(());
+            }
             let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() >= deadline {
+                break Err(err);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        if let Err(err) = bound {
             return Err(match err.raw_os_error() {
                 Some(libc::EINVAL) => XskError::Bind {
                     ifname: ifname.to_string(),
