@@ -27,8 +27,10 @@ impl Setup {
     fn new(dev: &ModelDevice) -> Setup {
         let ring = DmaMem::new(dev, RING * DESC_SIZE);
         for i in 0..RING {
-            let mut d = HwDescriptor::default();
-            d.next = ring.iova(((i + 1) % RING) * DESC_SIZE);
+            let d = HwDescriptor {
+                next: ring.iova(((i + 1) % RING) * DESC_SIZE),
+                ..Default::default()
+            };
             ring.write_desc(i * DESC_SIZE, &d);
         }
         Setup {
