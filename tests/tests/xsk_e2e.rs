@@ -399,6 +399,183 @@ fn xsk_clear_errors() {
     rx(cfg).unwrap();
 }
 
+/// The MAC address of `ifname` inside `ns` (from `ip -o link show`).
+fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
+    let out = ns
+        .run_cmd("ip", &["-o", "link", "show", "dev", ifname])
+        .unwrap();
+    let s = out
+        .split("link/ether ")
+        .nth(1)
+        .expect("link/ether in ip output");
+    let mut mac = [0u8; 6];
+    for (m, h) in mac
+        .iter_mut()
+        .zip(s.split_whitespace().next().unwrap().split(':'))
+    {
+        *m = u8::from_str_radix(h, 16).unwrap();
+    }
+    mac
+}
+
+/// An Ethernet/IPv4/TCP frame of exactly `frame_len` bytes to `PORT`, payload a pattern seeded
+/// by `seed` (checksums are not needed: nothing on the path verifies them).
+fn tcp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], frame_len: usize, seed: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(frame_len);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((frame_len - 14) as u16).to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&SENDER_ADDR.octets());
+    ip[16..20].copy_from_slice(&RECEIVER_ADDR.octets());
+    let c = csum16(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&PORT.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x18; // PSH|ACK
+    f.extend_from_slice(&tcp);
+    let mut x = seed as u32;
+    while f.len() < frame_len {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        f.push((x >> 16) as u8);
+    }
+    f
+}
+
+/// Send raw Ethernet frames on `ifname` (AF_PACKET), from the current thread's namespace.
+fn packet_send(ifindex: u32, dst_mac: [u8; 6], frames: &[Vec<u8>]) {
+    // SAFETY: plain socket(2); checked below and closed at the end.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: sockaddr_ll is plain data; zero is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&dst_mac);
+    for f in frames {
+        // SAFETY: `f` and `sll` are valid for the lengths passed.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                f.as_ptr() as *const libc::c_void,
+                f.len(),
+                0,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            r,
+            f.len() as isize,
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd) };
+}
+
+/// Frames of `mtu + 14` bytes reach the socket intact: one descriptor when they fit a chunk,
+/// several (XDP_USE_SG, frags-aware program) when they do not.
+fn jumbo_case(test: &str, mtu: u32, sg: bool) {
+    if !netns::require_root_or_skip(test) {
+        return;
+    }
+    let t = TwoHost::new(&LinkOpts {
+        mtu,
+        ..LinkOpts::default()
+    })
+    .expect("topology");
+    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    cfg.socket = SocketConfig {
+        sg,
+        ..small_socket()
+    };
+    cfg.attach = AttachMode::Native;
+    let mut svc = t
+        .receiver
+        .run(|| XdpService::open(&cfg))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(svc.mode(), XdpMode::Native);
+    assert_eq!(svc.program().has_frags(), sg);
+    let mut sock = svc.take_sockets().pop().unwrap();
+
+    let (smac, rmac) = (
+        mac_of(&t.sender, &t.sender_if),
+        mac_of(&t.receiver, &t.receiver_if),
+    );
+    let sizes = [60usize, 1514, (mtu + 14) as usize];
+    let frames: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| tcp_frame(smac, rmac, n, i as u8))
+        .collect();
+    let ifindex = t.sender.ifindex(&t.sender_if).unwrap();
+    let to_send = frames.clone();
+    t.sender.run(move || packet_send(ifindex, rmac, &to_send));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut batch = Vec::new();
+    while got.len() < frames.len() && Instant::now() < deadline {
+        if sock.recv(&mut batch, 16) == 0 {
+            sock.wait_rx(10);
+            continue;
+        }
+        for p in batch.drain(..) {
+            let mut bytes = Vec::new();
+            sock.gather(&p, &mut bytes);
+            got.push((bytes, 1 + p.more.len()));
+            sock.release_packet(&p);
+        }
+    }
+    assert_eq!(
+        got.len(),
+        frames.len(),
+        "all frames received: sizes {:?}",
+        got.iter().map(|g| g.0.len()).collect::<Vec<_>>()
+    );
+    for ((bytes, descs), sent) in got.iter().zip(&frames) {
+        assert_eq!(bytes.len(), sent.len());
+        assert!(bytes == sent, "frame of {} bytes intact", sent.len());
+        let expect_multi = sent.len() as u32 > sock.config().max_linear_frame();
+        assert_eq!(
+            *descs > 1,
+            expect_multi,
+            "{} bytes in {descs} descriptor(s)",
+            sent.len()
+        );
+    }
+    eprintln!(
+        "{test}: received {:?} (bytes, descriptors)",
+        got.iter().map(|g| (g.0.len(), g.1)).collect::<Vec<_>>()
+    );
+    sock.check_no_leak().unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn xsk_mtu_3000_single_descriptor() {
+    jumbo_case("xsk_mtu_3000_single_descriptor", 3000, false);
+}
+
+#[test]
+fn xsk_mtu_9000_scatter_gather() {
+    jumbo_case("xsk_mtu_9000_scatter_gather", 9000, true);
+}
+
 /// Not a test on its own: the body of the child process of `xsk_sigkill_detaches`, selected by
 /// the environment. It attaches, reports, and waits to be killed.
 #[test]
