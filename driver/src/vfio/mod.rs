@@ -122,6 +122,24 @@ impl VfioOpenOptions {
         }
     }
 
+    /// Reads sysfs and /dev under `host` (a fake tree in tests).
+    pub fn with_host(mut self, host: Host) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// Restricts the IOVAs the mapper hands out (devices with a narrow DMA mask).
+    pub fn with_iova_window(mut self, w: Range<u64>) -> Self {
+        self.iova_window = w;
+        self
+    }
+
+    /// DMA memory the caller will pin (checked against RLIMIT_MEMLOCK).
+    pub fn with_memlock_needed(mut self, bytes: u64) -> Self {
+        self.memlock_needed = bytes;
+        self
+    }
+
     /// Accept a no-IOMMU group (`/dev/vfio/noiommu-N`) when no IOMMU group exists.
     ///
     /// # Safety
@@ -492,7 +510,7 @@ impl VfioDevice {
                     .filter_map(|r| {
                         let s = r.start.max(w.start);
                         let e = r.end.min(w.end);
-                        (s < e).then_some((s, e - s))
+                        (s < e).then(|| (s, e - s))
                     })
                     .collect();
                 (windows, io.alignment().max(4096))
