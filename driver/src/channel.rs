@@ -533,10 +533,10 @@ impl<R: RegisterAccess> Channel<R> {
     fn report(
         out: &mut Vec<Completion>,
         stats: &mut ChannelStats,
-        op: OpEntry<Pins>,
+        token: Option<Token>,
         r: Result<(), OpError>,
     ) -> u32 {
-        match op.token {
+        match token {
             Some(token) => {
                 if r.is_ok() {
                     stats.completed += 1;
@@ -554,7 +554,7 @@ impl<R: RegisterAccess> Channel<R> {
         let stats = &mut self.stats;
         let mut n = 0;
         self.ring.reap_through(pos, |op| {
-            n += Self::report(out, stats, op, Ok(()));
+            n += Self::report(out, stats, op.token, Ok(()));
         });
         n
     }
@@ -620,20 +620,18 @@ impl<R: RegisterAccess> Channel<R> {
         let desc_iova = self.ring.desc_iova(self.ring.tail());
         self.stats.halts += 1;
         tracing::warn!(chan = self.n, chanerr = %err, desc = desc_iova, "channel halted; recovering");
-        let stats = &mut self.stats;
-        let mut n = 0;
-        self.ring.drain(|op, first| {
-            let r = if first {
+        let reset = self.reset();
+        let n = self.drain_report(out, reset_stopped(&reset), |first| {
+            if first {
                 OpError::Halted {
                     chanerr: err,
                     desc_iova,
                 }
             } else {
                 OpError::Aborted { chanerr: err }
-            };
-            n += Self::report(out, stats, op, Err(r));
+            }
         });
-        self.restart_or_down(out);
+        self.start_or_down(reset);
         n
     }
 
@@ -643,17 +641,39 @@ impl<R: RegisterAccess> Channel<R> {
         let state = ChanState::from_bits(sts);
         self.stats.timeouts += 1;
         tracing::warn!(chan = self.n, ?waited, %state, "channel hung; resetting");
-        let stats = &mut self.stats;
-        let mut n = 0;
-        self.ring.drain(|op, _| {
-            n += Self::report(out, stats, op, Err(OpError::Timeout { waited, state }));
+        let reset = self.reset();
+        let n = self.drain_report(out, reset_stopped(&reset), |_| OpError::Timeout {
+            waited,
+            state,
         });
-        self.restart_or_down(out);
+        self.start_or_down(reset);
         n
     }
 
-    fn restart_or_down(&mut self, out: &mut Vec<Completion>) {
-        if let Err(e) = self.restart(out) {
+    /// Reports every operation in the ring as failed. If the reset before it did not
+    /// demonstrably stop the device, the operations' region pins are leaked rather than
+    /// released: the device might still access those buffers, so they must stay mapped.
+    fn drain_report(
+        &mut self,
+        out: &mut Vec<Completion>,
+        stopped: bool,
+        mk: impl Fn(bool) -> OpError,
+    ) -> u32 {
+        let stats = &mut self.stats;
+        let mut n = 0;
+        self.ring.drain(|op, first| {
+            let OpEntry { token, payload, .. } = op;
+            if !stopped {
+                std::mem::forget(payload);
+            }
+            n += Self::report(out, stats, token, Err(mk(first)));
+        });
+        n
+    }
+
+    fn start_or_down(&mut self, reset: Result<(), Error>) {
+        let r = reset.and_then(|()| self.start());
+        if let Err(e) = r {
             tracing::error!(chan = self.n, error = %e, "channel restart failed; channel is down");
             self.down = Some(e.to_string());
         }
@@ -663,12 +683,10 @@ impl<R: RegisterAccess> Channel<R> {
     /// `out` with [`OpError::Reset`]; then reset (suspend, clear CHANERR and CHANERR_INT,
     /// CHANCMD.RESET, expect HALTED), CHANCTRL, CHANCMP, CHAINADDR at the next free slot and a
     /// null descriptor that must complete. Brings a channel that is down back into service.
+    /// If the reset fails, nothing is reported and the operations stay queued.
     pub fn restart(&mut self, out: &mut Vec<Completion>) -> Result<(), Error> {
         self.reset()?;
-        let stats = &mut self.stats;
-        self.ring.drain(|op, _| {
-            Self::report(out, stats, op, Err(OpError::Reset));
-        });
+        self.drain_report(out, true, |_| OpError::Reset);
         self.start()?;
         self.down = None;
         Ok(())
@@ -840,6 +858,11 @@ impl<R: RegisterAccess> Channel<R> {
             completion: self.completion_word(),
         }
     }
+}
+
+/// Whether a reset result shows the device stopped (RESET cleared and the channel HALTED).
+fn reset_stopped(r: &Result<(), Error>) -> bool {
+    matches!(r, Ok(()) | Err(Error::ErrorAfterReset { .. }))
 }
 
 /// Writes a 64-bit register as two 32-bit halves, low first, whatever the access type's own

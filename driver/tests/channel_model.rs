@@ -606,3 +606,123 @@ fn hardware_suite_passes_on_the_model() {
     assert_eq!(r.stress.ops, 5_000);
     assert_clean(&m);
 }
+
+#[test]
+fn failed_start_descriptor_is_reported_and_retry_works() {
+    let (m, d) = open(ModelConfig::preset(Preset::Bdx));
+    let mut h = Harness::new(&d, 0, ChannelConfig::default(), 64 << 10, 22).unwrap();
+    // The restart's null descriptor halts: the completion address is 0 on the fresh chain.
+    m.inject(
+        0,
+        Fault::ChanErrOnNth {
+            nth: 1,
+            bits: chanerr::CONTROL,
+        },
+    );
+    let mut out = vec![];
+    match h.channel.restart(&mut out) {
+        Err(Error::StartFailed {
+            state, chanerr: e, ..
+        }) => {
+            assert_eq!(state, ChanState::Halted);
+            assert!(e.contains(chanerr::CONTROL));
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+    assert!(out.is_empty());
+    h.channel.restart(&mut out).unwrap();
+    h.copy_case(10, 20, 3000).unwrap();
+    assert_clean(&m);
+}
+
+/// The model behind a register wrapper that can make CHANCMD.RESET look stuck.
+struct StuckReset {
+    inner: Arc<ModelDevice>,
+    stuck: std::sync::atomic::AtomicBool,
+}
+
+impl ioat_driver::regs::RegisterAccess for StuckReset {
+    fn read8(&self, off: u32) -> u8 {
+        let v = self.inner.read8(off);
+        let cmd = ioat_driver::regs::channel_base(0) + ioat_driver::regs::chan::CHANCMD;
+        if off == cmd && self.stuck.load(std::sync::atomic::Ordering::SeqCst) {
+            v | ioat_driver::regs::chancmd::RESET
+        } else {
+            v
+        }
+    }
+    fn read16(&self, off: u32) -> u16 {
+        self.inner.read16(off)
+    }
+    fn read32(&self, off: u32) -> u32 {
+        self.inner.read32(off)
+    }
+    fn read64(&self, off: u32) -> u64 {
+        self.inner.read64(off)
+    }
+    fn write8(&self, off: u32, val: u8) {
+        self.inner.write8(off, val)
+    }
+    fn write16(&self, off: u32, val: u16) {
+        self.inner.write16(off, val)
+    }
+    fn write32(&self, off: u32, val: u32) {
+        self.inner.write32(off, val)
+    }
+    fn write64(&self, off: u32, val: u64) {
+        self.inner.write64(off, val)
+    }
+    fn config_read32(&self, off: u16) -> u32 {
+        self.inner.config_read32(off)
+    }
+    fn config_write32(&self, off: u16, val: u32) {
+        self.inner.config_write32(off, val)
+    }
+}
+
+#[test]
+fn failed_recovery_takes_the_channel_down_until_restart() {
+    use ioat_driver::regs::RegisterAccess as _;
+    let m = ModelDevice::new(ModelConfig::preset(Preset::Skx));
+    let regs = Arc::new(StuckReset {
+        inner: m.clone(),
+        stuck: false.into(),
+    });
+    let d = Device::open(regs.clone(), m.mapper()).unwrap();
+    let mut cfg = ChannelConfig::default().completion_timeout(Duration::from_millis(30));
+    cfg.reset_timeout = Duration::from_millis(20);
+    let mut ch = d.channel(0, cfg).unwrap();
+    let a = DmaRegion::alloc(d.mapper(), 8192).unwrap();
+    let b = DmaRegion::alloc(d.mapper(), 8192).unwrap();
+    m.inject(0, Fault::Hang { after: 0 });
+    regs.stuck.store(true, std::sync::atomic::Ordering::SeqCst);
+    let t = ch.copy_regions(&a, 0, &b, 0, 64).unwrap();
+    let mut out = vec![];
+    let e = ch.wait_idle(Duration::from_secs(5), &mut out).unwrap_err();
+    assert!(matches!(e, Error::ChannelDown { .. }), "{e}");
+    assert!(e.to_string().contains("restart"), "{e}");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].token, t);
+    assert!(matches!(out[0].result, Err(OpError::Timeout { .. })));
+    assert!(ch.down_reason().unwrap().contains("RESET did not clear"));
+    assert!(matches!(
+        ch.copy_regions(&a, 0, &b, 0, 64),
+        Err(SubmitError::ChannelDown { .. })
+    ));
+    // The reset did not finish, so the device may still touch the buffers: their pins are
+    // leaked on purpose and the regions stay mapped.
+    assert_eq!(
+        a.pins(),
+        1,
+        "pins kept when the device was not shown stopped"
+    );
+    regs.stuck.store(false, std::sync::atomic::Ordering::SeqCst);
+    ch.restart(&mut out).unwrap();
+    assert!(ch.down_reason().is_none());
+    ch.copy_regions(&a, 0, &b, 0, 64).unwrap();
+    out.clear();
+    ch.wait_idle(Duration::from_secs(5), &mut out).unwrap();
+    assert!(out[0].result.is_ok());
+    assert_eq!(regs.read8(0x08), 0x33);
+    assert_clean(&m);
+}
