@@ -5,21 +5,21 @@
 //! logic is generic over it and never knows which one it drives.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod desc;
-pub mod dma;
-pub mod regs;
-pub mod model;
 pub mod channel;
 pub mod conformance;
+pub mod desc;
 pub mod device;
+pub mod discover;
+pub mod dma;
 pub mod error;
+pub mod ids;
+pub mod model;
+pub mod regs;
 pub mod ring;
+pub mod vfio;
 
 pub use channel::{Channel, ChannelConfig, ChannelRegs, ChannelStats, Completion};
 pub use device::{Device, DeviceInfo, DeviceOptions};
 pub use dma::{DmaBuffer, DmaMapper, DmaRegion, HugePages, IovaAllocator, MapError, RegionPin};
 pub use error::{Error, OpError, SubmitError};
 pub use ring::Token;
-pub mod discover;
-pub mod ids;
-pub mod vfio;
