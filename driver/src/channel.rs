@@ -11,6 +11,26 @@
 //! (as Linux `ioat_restart_channel` and DPDK `__ioat_recover` do). A channel that makes no
 //! progress for `completion_timeout` is declared hung: its operations fail with
 //! [`OpError::Timeout`] and it is reset and restarted the same way.
+//!
+//! ```
+//! use ioat_driver::model::{ModelConfig, ModelDevice, Preset};
+//! use ioat_driver::{ChannelConfig, Device, DmaRegion};
+//!
+//! let model = ModelDevice::new(ModelConfig::preset(Preset::Skx));
+//! let dev = Device::open(model.clone(), model.mapper())?;
+//! let mut ch = dev.channel(0, ChannelConfig::default())?;
+//! let src = DmaRegion::alloc(dev.mapper(), 4096)?;
+//! let dst = DmaRegion::alloc(dev.mapper(), 4096)?;
+//! src.write(0, b"hello, device")?;
+//! let token = ch.copy_regions(&src, 0, &dst, 100, 13)?; // queued, regions pinned
+//! ch.flush(); // one DMACOUNT write for everything queued
+//! let mut done = Vec::new();
+//! while ch.poll(&mut done) == 0 {} // reads the completion word only
+//! assert_eq!(done[0].token, token);
+//! assert!(done[0].result.is_ok());
+//! assert_eq!(dst.to_vec(100, 13)?, b"hello, device");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
