@@ -1,0 +1,666 @@
+//! The endpoint: listeners, connection table, dispatch, output queues and timers.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use super::conn::{Conn, Io, Outcome};
+use super::timers::{earliest, Instant};
+use super::{Config, ConnId, ConnInfo, FrameId, State, TcpError};
+use crate::wire::tcp::{OptionsOut, TcpFlags};
+use crate::wire::{self, IpPair, Packet, ReplyAddrs, SegmentSpec, TxFrame, WireError};
+
+/// Whether the endpoint kept a reference to a frame it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameDisposition {
+    /// The frame is referenced; it comes back through [`Endpoint::take_released`].
+    Held,
+    /// Not referenced: the shell may reuse the frame at once.
+    Free,
+}
+
+/// A piece of in-order payload handed to the consumer. Release it with
+/// [`Endpoint::release`] once every copy out of it has completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxSegment {
+    pub conn: ConnId,
+    pub frame: FrameId,
+    /// Offset of the payload in the frame.
+    pub offset: u32,
+    pub len: u32,
+    /// Stream offset of the first byte (0 = first byte after the SYN).
+    pub stream_offset: u64,
+    /// The segment carried PSH and this piece ends it.
+    pub psh: bool,
+    slot: u32,
+}
+
+/// Endpoint-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub frames_in: u64,
+    pub parse_errors: u64,
+    pub fragments: u64,
+    pub bad_checksums: u64,
+    pub not_tcp: u64,
+    pub no_listener: u64,
+    pub rst_sent: u64,
+    pub syns: u64,
+    pub syn_backlog_drops: u64,
+    pub conn_limit_drops: u64,
+    pub established: u64,
+    pub closed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    /// `src` is the remote address.
+    ip: IpPair,
+    remote_port: u16,
+    local_port: u16,
+}
+
+impl FlowKey {
+    fn of(p: &Packet) -> Self {
+        FlowKey {
+            ip: p.ip,
+            remote_port: p.tcp.src_port,
+            local_port: p.tcp.dst_port,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Listener {
+    embryonic: usize,
+    accept: VecDeque<ConnId>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    gen: u32,
+    conn: Option<Box<Conn>>,
+}
+
+/// The receive endpoint. See the module documentation.
+#[derive(Debug)]
+pub struct Endpoint {
+    cfg: Config,
+    listeners: HashMap<u16, Listener>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    map: HashMap<FlowKey, u32>,
+    last: Option<(FlowKey, u32)>,
+    tx: VecDeque<TxFrame>,
+    released: Vec<FrameId>,
+    ready: Vec<ConnId>,
+    /// Connections whose memory shrank since the last window-update check.
+    wnd_check: Vec<ConnId>,
+    stats: EndpointStats,
+}
+
+impl Endpoint {
+    pub fn new(cfg: Config) -> Self {
+        Endpoint {
+            cfg,
+            listeners: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            map: HashMap::new(),
+            last: None,
+            tx: VecDeque::new(),
+            released: Vec::new(),
+            ready: Vec::new(),
+            wnd_check: Vec::new(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// Accepts connections to `port`.
+    pub fn listen(&mut self, port: u16) -> Result<(), TcpError> {
+        if self.listeners.contains_key(&port) {
+            return Err(TcpError::PortInUse(port));
+        }
+        self.listeners.insert(port, Listener::default());
+        Ok(())
+    }
+
+    /// The next established connection on `port`, if any.
+    pub fn accept(&mut self, port: u16) -> Option<ConnId> {
+        let id = self.listeners.get_mut(&port)?.accept.pop_front()?;
+        if let Some(c) = self.conn_mut(id) {
+            c.accepted = true;
+        }
+        Some(id)
+    }
+
+    /// Connections waiting in `port`'s accept queue.
+    pub fn accept_queue_len(&self, port: u16) -> usize {
+        self.listeners.get(&port).map_or(0, |l| l.accept.len())
+    }
+
+    /// Number of live connection records (embryonic, established, closing, and closed ones the
+    /// application has not closed yet).
+    pub fn connection_count(&self) -> usize {
+        self.live
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        let s = self.slots.get(id.idx as usize)?;
+        if s.gen != id.gen {
+            return None;
+        }
+        s.conn.as_deref()
+    }
+
+    /// Runs `f` on a live connection with its I/O context.
+    fn with_conn<R>(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut Conn, &mut Io) -> R,
+    ) -> Result<R, TcpError> {
+        let s = self
+            .slots
+            .get_mut(id.idx as usize)
+            .ok_or(TcpError::UnknownConnection)?;
+        if s.gen != id.gen {
+            return Err(TcpError::UnknownConnection);
+        }
+        let c = s.conn.as_deref_mut().ok_or(TcpError::UnknownConnection)?;
+        let mut io = Io {
+            cfg: &self.cfg,
+            tx: &mut self.tx,
+            released: &mut self.released,
+        };
+        Ok(f(c, &mut io))
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let s = self.slots.get_mut(id.idx as usize)?;
+        if s.gen != id.gen {
+            return None;
+        }
+        s.conn.as_deref_mut()
+    }
+
+    /// Parses `bytes` and processes the segment. `frame` identifies the buffer for later
+    /// release; `truesize` is what it costs against rcvbuf (the UMEM chunk size, or several for
+    /// a multi-buffer frame).
+    pub fn on_frame(
+        &mut self,
+        now: Instant,
+        frame: FrameId,
+        bytes: &[u8],
+        truesize: u32,
+    ) -> FrameDisposition {
+        self.stats.frames_in += 1;
+        match wire::parse(bytes, self.cfg.checksum) {
+            Ok(p) => self.on_packet(now, &p, frame, truesize),
+            Err(e) => {
+                self.stats.parse_errors += 1;
+                match e {
+                    WireError::Fragment => self.stats.fragments += 1,
+                    WireError::BadIpv4Checksum | WireError::BadTcpChecksum => {
+                        self.stats.bad_checksums += 1
+                    }
+                    WireError::NotTcp(_) | WireError::NotIp(_) => self.stats.not_tcp += 1,
+                    _ => {}
+                }
+                FrameDisposition::Free
+            }
+        }
+    }
+
+    /// Processes an already parsed segment (checksums as the caller verified them).
+    pub fn on_packet(
+        &mut self,
+        now: Instant,
+        p: &Packet,
+        frame: FrameId,
+        truesize: u32,
+    ) -> FrameDisposition {
+        let key = FlowKey::of(p);
+        let idx = match self.last {
+            Some((k, i)) if k == key => Some(i),
+            _ => self.map.get(&key).copied(),
+        };
+        if let Some(idx) = idx {
+            self.last = Some((key, idx));
+            let time_wait_syn = p.tcp.flags.syn() && !p.tcp.flags.ack() && {
+                let c = self.slots[idx as usize]
+                    .conn
+                    .as_deref()
+                    .expect("mapped slot is live");
+                c.state == State::TimeWait
+            };
+            if !time_wait_syn {
+                return self.dispatch(idx, p, frame, truesize, now);
+            }
+            // A new SYN for a connection in TIME-WAIT: end it and open a new one.
+            self.unmap(idx);
+            if let Some(c) = self.slots[idx as usize].conn.as_deref_mut() {
+                c.state = State::Closed;
+            }
+            self.reap(idx);
+        }
+        self.on_listen(p, now);
+        FrameDisposition::Free
+    }
+
+    fn dispatch(
+        &mut self,
+        idx: u32,
+        p: &Packet,
+        frame: FrameId,
+        truesize: u32,
+        now: Instant,
+    ) -> FrameDisposition {
+        let port = p.tcp.dst_port;
+        let accept_room = self
+            .listeners
+            .get(&port)
+            .is_some_and(|l| l.accept.len() < self.cfg.accept_backlog);
+        let slot = &mut self.slots[idx as usize];
+        let c = slot.conn.as_deref_mut().expect("mapped slot is live");
+        let was_embryonic = c.state == State::SynReceived;
+        let mut io = Io {
+            cfg: &self.cfg,
+            tx: &mut self.tx,
+            released: &mut self.released,
+        };
+        let out = c.on_segment(p, frame, truesize, accept_room, now, &mut io);
+        self.after(idx, out, was_embryonic);
+        if out.held {
+            FrameDisposition::Held
+        } else {
+            FrameDisposition::Free
+        }
+    }
+
+    /// Bookkeeping after a connection changed: accept queue, ready list, table removal.
+    fn after(&mut self, idx: u32, out: Outcome, was_embryonic: bool) {
+        let c = self.slots[idx as usize].conn.as_deref_mut().expect("live");
+        let id = c.id;
+        let state = c.state;
+        let port = c.addrs.local_port;
+        if out.notify && !c.in_ready && c.accepted {
+            c.in_ready = true;
+            self.ready.push(id);
+        }
+        if was_embryonic && state != State::SynReceived {
+            if let Some(l) = self.listeners.get_mut(&port) {
+                l.embryonic -= 1;
+                if out.established {
+                    self.stats.established += 1;
+                    l.accept.push_back(id);
+                }
+            }
+        }
+        if state == State::Closed {
+            self.unmap(idx);
+            self.reap(idx);
+        }
+    }
+
+    fn unmap(&mut self, idx: u32) {
+        let Some(c) = self.slots[idx as usize].conn.as_deref() else {
+            return;
+        };
+        let key = FlowKey {
+            ip: c.addrs.ip.reversed(),
+            remote_port: c.addrs.remote_port,
+            local_port: c.addrs.local_port,
+        };
+        if self.map.get(&key) == Some(&idx) {
+            self.map.remove(&key);
+        }
+        if self.last.is_some_and(|(_, i)| i == idx) {
+            self.last = None;
+        }
+    }
+
+    /// Frees a closed connection's record once nobody can use it: the application closed it
+    /// (or never accepted it) and no piece is out with the consumer.
+    fn reap(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(c) = slot.conn.as_deref() else {
+            return;
+        };
+        if c.state != State::Closed || c.pieces_out > 0 || (c.accepted && !c.app_closed) {
+            return;
+        }
+        let id = c.id;
+        let port = c.addrs.local_port;
+        if let Some(l) = self.listeners.get_mut(&port) {
+            if !c.accepted {
+                l.accept.retain(|&x| x != id);
+            }
+        }
+        slot.conn = None;
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free.push(idx);
+        self.live -= 1;
+        self.stats.closed += 1;
+    }
+
+    fn on_listen(&mut self, p: &Packet, now: Instant) {
+        let f = p.tcp.flags;
+        let Some(l) = self.listeners.get(&p.tcp.dst_port) else {
+            self.stats.no_listener += 1;
+            self.reset_for(p);
+            return;
+        };
+        if f.rst() {
+            return;
+        }
+        if f.ack() {
+            self.reset_for(p);
+            return;
+        }
+        if !f.syn() || f.fin() {
+            return;
+        }
+        self.stats.syns += 1;
+        if l.embryonic >= self.cfg.syn_backlog {
+            self.stats.syn_backlog_drops += 1;
+            return;
+        }
+        if self.live >= self.cfg.max_connections {
+            self.stats.conn_limit_drops += 1;
+            return;
+        }
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let id = ConnId {
+            idx,
+            gen: self.slots[idx as usize].gen,
+        };
+        let iss = self.isn(p, now);
+        let mut io = Io {
+            cfg: &self.cfg,
+            tx: &mut self.tx,
+            released: &mut self.released,
+        };
+        let c = Conn::from_syn(id, p, iss, now, &mut io);
+        self.slots[idx as usize].conn = Some(Box::new(c));
+        self.live += 1;
+        self.map.insert(FlowKey::of(p), idx);
+        if let Some(l) = self.listeners.get_mut(&p.tcp.dst_port) {
+            l.embryonic += 1;
+        }
+    }
+
+    /// RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
+    fn isn(&self, p: &Packet, now: Instant) -> u32 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.cfg.isn_secret.hash(&mut h);
+        FlowKey::of(p).hash(&mut h);
+        (h.finish() as u32).wrapping_add((now.as_nanos() / 4000) as u32)
+    }
+
+    /// A RST answering a segment that belongs to no connection (RFC 9293 3.10.7.1).
+    fn reset_for(&mut self, p: &Packet) {
+        if p.tcp.flags.rst() {
+            return;
+        }
+        let addrs = ReplyAddrs::reply_to(p);
+        let spec = if p.tcp.flags.ack() {
+            SegmentSpec {
+                seq: p.tcp.ack,
+                ack: 0,
+                flags: TcpFlags::RST,
+                window: 0,
+                options: OptionsOut::default(),
+            }
+        } else {
+            SegmentSpec {
+                seq: 0,
+                ack: p.tcp.seq.wrapping_add(p.seg_len()),
+                flags: TcpFlags::RST | TcpFlags::ACK,
+                window: 0,
+                options: OptionsOut::default(),
+            }
+        };
+        self.tx.push_back(TxFrame::build(&addrs, &spec));
+        self.stats.rst_sent += 1;
+    }
+
+    // ----- output -----
+
+    /// The next frame to transmit.
+    pub fn pop_tx(&mut self) -> Option<TxFrame> {
+        self.tx.pop_front()
+    }
+
+    /// Frames waiting to be transmitted.
+    pub fn tx_len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Moves the frames no longer referenced into `out` (append); the shell returns them to the
+    /// fill ring.
+    pub fn take_released(&mut self, out: &mut Vec<FrameId>) {
+        out.append(&mut self.released);
+    }
+
+    /// Moves the accepted connections with news (data, end of stream, error) into `out`.
+    pub fn take_ready(&mut self, out: &mut Vec<ConnId>) {
+        for id in self.ready.drain(..) {
+            if let Some(s) = self.slots.get_mut(id.idx as usize) {
+                if s.gen == id.gen {
+                    if let Some(c) = s.conn.as_deref_mut() {
+                        c.in_ready = false;
+                        out.push(id);
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- per connection -----
+
+    /// What the copy policy and the application need to know about a connection.
+    pub fn info(&self, id: ConnId) -> Option<ConnInfo> {
+        let c = self.conn(id)?;
+        Some(ConnInfo {
+            id,
+            state: c.state,
+            addrs: c.addrs,
+            available: c.available,
+            rcvbuf: c.rcvbuf(),
+            mem: c.mem,
+            ooo_mem: c.ooo_mem(),
+            ooo_bytes: c.reasm.bytes(),
+            ooo_segments: c.reasm.segments(),
+            ooo_ranges: c.reasm.ranges(),
+            psh: c.psh_queued(),
+            eof: c.eof,
+            error: c.error,
+            pieces_out: c.pieces_out,
+            window: c.advertised_window(),
+            sack: c.sack_ok,
+            timestamps: c.ts_ok,
+            stats: c.stats,
+        })
+    }
+
+    /// Bytes in order and unread.
+    pub fn available(&self, id: ConnId) -> u64 {
+        self.conn(id).map_or(0, |c| c.available)
+    }
+
+    /// The unread in-order segments, in order, without taking them.
+    pub fn peek(&self, id: ConnId) -> impl Iterator<Item = RxSegment> + '_ {
+        self.conn(id).into_iter().flat_map(move |c| {
+            c.queued().map(move |(frame, g)| RxSegment {
+                conn: id,
+                frame,
+                offset: g.off,
+                len: g.len,
+                stream_offset: g.start,
+                psh: g.psh,
+                slot: g.slot,
+            })
+        })
+    }
+
+    /// Takes up to `max` bytes from the head of the in-order queue (at most one segment). The
+    /// frame stays referenced until [`Endpoint::release`] is called for the piece.
+    pub fn read(&mut self, id: ConnId, max: usize) -> Result<Option<RxSegment>, TcpError> {
+        let c = self.conn_mut(id).ok_or(TcpError::UnknownConnection)?;
+        Ok(c.read(max).map(|(frame, g)| RxSegment {
+            conn: id,
+            frame,
+            offset: g.off,
+            len: g.len,
+            stream_offset: g.start,
+            psh: g.psh,
+            slot: g.slot,
+        }))
+    }
+
+    /// The consumer finished with a piece from [`Endpoint::read`] (its copies completed).
+    /// A window update, if the freed memory warrants one, is sent by the next [`Endpoint::flush`]
+    /// (or `handle_timeout`, `consume`), so that a batch of releases sends one update.
+    pub fn release(&mut self, seg: &RxSegment) -> Result<(), TcpError> {
+        let idx = seg.conn.idx;
+        self.with_conn(seg.conn, |c, io| {
+            if c.pieces_out == 0 {
+                return Err(TcpError::BadRelease);
+            }
+            c.release(seg.slot, io);
+            Ok(())
+        })??;
+        if self.wnd_check.last() != Some(&seg.conn) {
+            self.wnd_check.push(seg.conn);
+        }
+        self.reap(idx);
+        Ok(())
+    }
+
+    /// Sends the window updates made due by releases since the last call.
+    pub fn flush(&mut self, now: Instant) {
+        let mut list = std::mem::take(&mut self.wnd_check);
+        list.sort_unstable();
+        list.dedup();
+        for id in list.drain(..) {
+            let _ = self.with_conn(id, |c, io| c.maybe_window_update(now, io));
+        }
+        self.wnd_check = list;
+    }
+
+    /// Reads and releases up to `n` bytes at once, calling `f` for each piece before its release
+    /// (for a consumer that copies synchronously). Returns the bytes consumed.
+    pub fn consume(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        n: usize,
+        mut f: impl FnMut(&RxSegment),
+    ) -> Result<usize, TcpError> {
+        let mut done = 0;
+        while done < n {
+            let Some(seg) = self.read(id, n - done)? else {
+                break;
+            };
+            f(&seg);
+            done += seg.len as usize;
+            self.release(&seg)?;
+        }
+        self.flush(now);
+        Ok(done)
+    }
+
+    /// The application closes the connection: FIN (or RST when unread data remains). The
+    /// handle stays valid until the connection is fully closed and every piece is released.
+    pub fn close(&mut self, now: Instant, id: ConnId) -> Result<(), TcpError> {
+        let idx = id.idx;
+        let closed = self.with_conn(id, |c, io| {
+            c.close(now, io);
+            c.state == State::Closed
+        })?;
+        if closed {
+            self.unmap(idx);
+        }
+        self.reap(idx);
+        Ok(())
+    }
+
+    /// Sets a connection's receive buffer.
+    pub fn set_rcvbuf(&mut self, now: Instant, id: ConnId, bytes: u32) -> Result<(), TcpError> {
+        self.with_conn(id, |c, io| c.set_rcvbuf(bytes, now, io))
+    }
+
+    /// The endpoint is receive-only: sending is always an error.
+    pub fn send(&mut self, _id: ConnId, _data: &[u8]) -> Result<usize, TcpError> {
+        Err(TcpError::ReceiveOnly)
+    }
+
+    // ----- time -----
+
+    /// The earliest time `handle_timeout` has work to do (a scan over the connections; a
+    /// poller owns few connections).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut d = None;
+        for s in &self.slots {
+            if let Some(c) = s.conn.as_deref() {
+                d = earliest(d, c.next_deadline(&self.cfg));
+            }
+        }
+        d
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.flush(now);
+        for idx in 0..self.slots.len() as u32 {
+            let Some(c) = self.slots[idx as usize].conn.as_deref_mut() else {
+                continue;
+            };
+            if !c.next_deadline(&self.cfg).is_some_and(|d| d <= now) {
+                continue;
+            }
+            let was_embryonic = c.state == State::SynReceived;
+            let mut io = Io {
+                cfg: &self.cfg,
+                tx: &mut self.tx,
+                released: &mut self.released,
+            };
+            let changed = c.on_timeout(now, &mut io);
+            let out = Outcome {
+                notify: changed,
+                ..Outcome::default()
+            };
+            self.after(idx, out, was_embryonic);
+        }
+    }
+
+    /// Checks every connection's invariants (tests and fuzzing).
+    pub fn check_invariants(&self) {
+        let mut live = 0;
+        for s in &self.slots {
+            if let Some(c) = s.conn.as_deref() {
+                live += 1;
+                c.check();
+            }
+        }
+        assert_eq!(live, self.live);
+        for l in self.listeners.values() {
+            assert!(l.embryonic <= self.cfg.syn_backlog);
+        }
+    }
+}

@@ -1,0 +1,695 @@
+//! Scripted scenarios for the receive endpoint: handshake, data, reordering, retransmission,
+//! overlaps, zero window, FIN, RST, PAWS, timeouts, and bounds under floods.
+
+mod tcp_common;
+
+use std::time::Duration;
+
+use netrx::tcp::{Config, ConnError, FrameDisposition, State, TcpError};
+use netrx::wire::tcp::{OptionsOut, TcpFlags};
+use netrx::wire::IpPair;
+use tcp_common::*;
+
+fn no_quickack() -> Config {
+    Config {
+        quickack_segments: 0,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn handshake_with_options() {
+    let mut h = Harness::new(Config::default());
+    let sa = h.handshake(true);
+    let o = sa.pkt.tcp.options;
+    assert_eq!(o.mss, Some(1460));
+    assert!(o.sack_permitted);
+    assert_eq!(
+        o.timestamps.map(|t| t.1),
+        Some(100),
+        "TSecr echoes the SYN's TSval"
+    );
+    // 4 MiB rcvbuf * 1448/4096 ≈ 1.48 MB of window needs a shift of 5.
+    assert_eq!(o.window_scale, Some(5));
+    assert!(sa.window() <= 65535);
+    let info = h.ep.info(h.id()).unwrap();
+    assert_eq!(info.state, State::Established);
+    assert!(info.sack && info.timestamps);
+    assert_eq!(h.ep.send(h.id(), b"x"), Err(TcpError::ReceiveOnly));
+}
+
+#[test]
+fn handshake_without_options() {
+    let mut h = Harness::new(Config::default());
+    let sa = h.handshake(false);
+    let o = sa.pkt.tcp.options;
+    assert_eq!(o.mss, Some(1460));
+    assert_eq!(o.window_scale, None);
+    assert!(!o.sack_permitted);
+    assert_eq!(o.timestamps, None);
+    h.send_data(0, &pattern(1000, 1), false);
+    let acks = h.tx();
+    assert_eq!(acks.len(), 1, "quick ACK at start");
+    assert_eq!(acks[0].pkt.tcp.options.timestamps, None);
+    assert_eq!(h.ack_of(&acks[0]), 1000);
+    assert!(acks[0].window() > 0);
+}
+
+#[test]
+fn handshake_ipv6_and_vlan() {
+    let mut h = Harness::new(Config {
+        mtu: 9000,
+        ..Config::default()
+    });
+    h.peer.ip = IpPair::V6 {
+        src: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        dst: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    };
+    h.peer.vlan = Some(42);
+    let sa = h.handshake(true);
+    assert_eq!(sa.pkt.tcp.options.mss, Some(9000 - 60));
+    assert_eq!(sa.pkt.eth.vlan, Some(42));
+    assert_eq!(sa.pkt.ip, h.peer.ip.reversed());
+    h.send_data(0, &pattern(8000, 2), true);
+    assert_eq!(h.read_all(), 8000);
+    assert_eq!(h.received, pattern(8000, 2));
+}
+
+#[test]
+fn synack_retransmission_with_backoff_then_give_up() {
+    let mut h = Harness::new(Config::default());
+    h.send_raw(h.iss, TcpFlags::SYN, &[], Harness::syn_options(true));
+    assert_eq!(h.tx().len(), 1);
+    let start = h.now;
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let Some(d) = h.ep.poll_timeout() else { break };
+        h.now = d;
+        h.ep.handle_timeout(d);
+        for s in h.tx() {
+            assert!(s.flags().syn());
+            times.push(h.now.saturating_since(start).as_secs());
+        }
+    }
+    assert_eq!(times, vec![1, 3, 7, 15, 31], "RTO 1 s doubling, 5 retries");
+    assert_eq!(
+        h.ep.connection_count(),
+        0,
+        "embryonic connection dropped after the retries"
+    );
+    // A retransmitted SYN is answered with the same SYN-ACK.
+    let mut h = Harness::new(Config::default());
+    h.send_raw(h.iss, TcpFlags::SYN, &[], Harness::syn_options(true));
+    let a = h.tx();
+    h.send_raw(h.iss, TcpFlags::SYN, &[], Harness::syn_options(true));
+    let b = h.tx();
+    assert_eq!(a[0].pkt.tcp.seq, b[0].pkt.tcp.seq);
+    assert_eq!(h.ep.connection_count(), 1);
+}
+
+#[test]
+fn final_ack_with_wrong_number_gets_rst() {
+    let mut h = Harness::new(Config::default());
+    h.send_raw(h.iss, TcpFlags::SYN, &[], Harness::syn_options(false));
+    h.tx();
+    h.rcv_nxt = 12345;
+    h.send_raw(h.iss + 1, TcpFlags::ACK, &[], OptionsOut::default());
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert!(t[0].flags().rst());
+    assert_eq!(t[0].pkt.tcp.seq, 12345);
+}
+
+#[test]
+fn in_order_data_and_delayed_ack() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    let data = pattern(1448 * 5, 3);
+    // Every second full-sized segment is acknowledged at once.
+    h.send_data(0, &data[..1448], false);
+    assert!(h.tx().is_empty(), "first segment: ACK delayed");
+    h.send_data(1448, &data[1448..2896], false);
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(h.ack_of(&t[0]), 2896);
+    // A lone segment is acknowledged by the delayed-ACK timer after 40 ms.
+    h.send_data(2896, &data[2896..4344], true);
+    assert!(h.tx().is_empty());
+    let d = h.ep.poll_timeout().unwrap();
+    assert_eq!(d.saturating_since(h.now), Duration::from_millis(40));
+    h.advance(Duration::from_millis(39));
+    assert!(h.tx().is_empty());
+    h.advance(Duration::from_millis(1));
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(h.ack_of(&t[0]), 4344);
+    let info = h.ep.info(h.id()).unwrap();
+    assert_eq!(info.available, 4344);
+    assert!(info.psh);
+    assert_eq!(info.mem, 3 * TRUESIZE as u64, "accounted by truesize");
+    assert_eq!(h.read_all(), 4344);
+    assert_eq!(h.received, &data[..4344]);
+    assert_eq!(h.frames.len(), 0, "every frame released after reading");
+}
+
+#[test]
+fn quick_acks_at_start() {
+    let mut h = Harness::new(Config {
+        quickack_segments: 3,
+        ..Config::default()
+    });
+    h.handshake(true);
+    let mut acks = 0;
+    for i in 0..6u32 {
+        h.send_data(i * 100, &[7u8; 100], false);
+        acks += h.tx().len();
+    }
+    assert_eq!(
+        acks, 3,
+        "3 quick ACKs, then delayed ACKs for small segments"
+    );
+}
+
+#[test]
+fn out_of_order_sack_and_fill() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    let base = h.iss.wrapping_add(1);
+    let data = pattern(1000 * 6, 4);
+    let seg = |i: usize| &data[i * 1000..(i + 1) * 1000];
+    h.send_data(0, seg(0), false);
+    h.tx();
+    // Hole at 1000..2000; segments 2 and 4 arrive.
+    assert_eq!(h.send_data(2000, seg(2), false), FrameDisposition::Held);
+    let t = h.tx();
+    assert_eq!(t.len(), 1, "immediate duplicate ACK on a hole");
+    assert_eq!(h.ack_of(&t[0]), 1000);
+    assert_eq!(t[0].sack(), vec![(base + 2000, base + 3000)]);
+    h.send_data(4000, seg(4), false);
+    let t = h.tx();
+    assert_eq!(
+        t[0].sack(),
+        vec![(base + 4000, base + 5000), (base + 2000, base + 3000)],
+        "most recent first"
+    );
+    h.send_data(3000, seg(3), false);
+    let t = h.tx();
+    assert_eq!(
+        t[0].sack(),
+        vec![(base + 2000, base + 5000)],
+        "ranges merge"
+    );
+    assert_eq!(h.ep.info(h.id()).unwrap().ooo_ranges, 1);
+    // The hole fills: cumulative ACK jumps, ACK sent at once.
+    h.send_data(1000, seg(1), false);
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(h.ack_of(&t[0]), 5000);
+    assert!(t[0].sack().is_empty());
+    h.send_data(5000, seg(5), false);
+    h.read_all();
+    assert_eq!(h.received, data);
+}
+
+#[test]
+fn retransmitted_and_overlapping_segments() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    let data = pattern(5000, 5);
+    h.send_data(0, &data[..1000], false);
+    h.tx();
+    // Exact retransmission of received data: dup ACK, frame not held.
+    assert_eq!(h.send_data(0, &data[..1000], false), FrameDisposition::Free);
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(h.ack_of(&t[0]), 1000);
+    // Overlap with the in-order point: only the new part is queued.
+    assert_eq!(
+        h.send_data(500, &data[500..1500], false),
+        FrameDisposition::Held
+    );
+    // Out-of-order overlaps: 2000..3000, then 2500..3500 (trimmed), then 1800..3600 (covers).
+    h.send_data(2000, &data[2000..3000], false);
+    h.send_data(2500, &data[2500..3500], false);
+    assert_eq!(
+        h.send_data(2200, &data[2200..2800], false),
+        FrameDisposition::Free,
+        "fully duplicate"
+    );
+    let held_before = h.frames.len();
+    h.send_data(1800, &data[1800..3600], false);
+    assert_eq!(
+        h.frames.len(),
+        held_before - 1,
+        "the covered segment's frame was released"
+    );
+    h.send_data(1500, &data[1500..1800], false);
+    h.send_data(3600, &data[3600..5000], false);
+    h.read_all();
+    assert_eq!(h.received, data);
+    let st = h.ep.info(h.id()).unwrap().stats;
+    assert!(st.dup_bytes >= 1000 + 500 + 600);
+    h.ep.check_invariants();
+}
+
+#[test]
+fn partial_reads_hold_the_frame_until_release() {
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    let data = pattern(1448, 6);
+    h.send_data(0, &data, true);
+    let id = h.id();
+    let a = h.ep.read(id, 1000).unwrap().unwrap();
+    let b = h.ep.read(id, 1000).unwrap().unwrap();
+    assert_eq!((a.len, b.len), (1000, 448));
+    assert!(!a.psh && b.psh);
+    assert_eq!(a.frame, b.frame);
+    h.ep.release(&b).unwrap();
+    h.collect_released();
+    assert_eq!(h.frames.len(), 1, "first piece still out");
+    h.copy_out(&a);
+    h.copy_out(&b);
+    h.ep.release(&a).unwrap();
+    h.collect_released();
+    assert_eq!(h.frames.len(), 0);
+    assert_eq!(h.received, data);
+    assert_eq!(h.ep.release(&a), Err(TcpError::BadRelease));
+}
+
+#[test]
+fn zero_window_probe_and_window_update() {
+    let cfg = Config {
+        rcvbuf: 16 * 4096,
+        quickack_segments: 1000,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.handshake(true);
+    let data = pattern(1448 * 40, 7);
+    let mut off = 0usize;
+    let mut last_window = u32::MAX;
+    // Fill the window exactly as advertised.
+    while off < data.len() {
+        let d = h.send_data(off as u32, &data[off..off + 1448], false);
+        let t = h.tx();
+        if d == FrameDisposition::Free {
+            break;
+        }
+        off += 1448;
+        last_window = t.last().unwrap().window();
+        if last_window == 0 {
+            break;
+        }
+    }
+    assert_eq!(last_window, 0, "window closes when rcvbuf is full");
+    let held = h.frames.len();
+    assert!(held as u32 * TRUESIZE <= 16 * 4096);
+    // Zero-window probe: not accepted, answered with window 0.
+    assert_eq!(
+        h.send_data(off as u32, &data[off..off + 1], false),
+        FrameDisposition::Free
+    );
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].window(), 0);
+    assert_eq!(h.ack_of(&t[0]), off as u32);
+    // The application reads: a window update goes out.
+    h.read_all();
+    let t = h.tx();
+    assert_eq!(t.len(), 1, "window update");
+    assert!(t[0].window() > 0);
+    assert_eq!(h.ep.info(h.id()).unwrap().stats.window_updates, 1);
+    h.send_data(off as u32, &data[off..off + 1448], false);
+    h.read_all();
+    assert_eq!(h.received, &data[..off + 1448]);
+}
+
+#[test]
+fn right_edge_never_shrinks() {
+    let cfg = Config {
+        rcvbuf: 32 * 4096,
+        quickack_segments: 1000,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    let ws = h.handshake(true).pkt.tcp.options.window_scale.unwrap();
+    let data = pattern(1448 * 30, 8);
+    let mut edge = 0u32;
+    for i in 0..30usize {
+        let d = h.send_data((i * 1448) as u32, &data[i * 1448..(i + 1) * 1448], false);
+        for s in h.tx() {
+            let right = h.ack_of(&s) + (s.window() << ws);
+            assert!(right >= edge, "right edge moved left: {right} < {edge}");
+            edge = right;
+        }
+        if d == FrameDisposition::Free {
+            break;
+        }
+    }
+}
+
+#[test]
+fn fin_delivers_eof_after_data_and_close_sends_fin() {
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    let data = pattern(3000, 9);
+    // FIN arrives before the hole is filled: EOF only after all data.
+    h.send_data(0, &data[..1000], false);
+    let o = h.ts_opts();
+    h.send_raw(
+        h.iss + 1 + 2000,
+        TcpFlags::ACK | TcpFlags::FIN,
+        &data[2000..],
+        o,
+    );
+    assert!(!h.ep.info(h.id()).unwrap().eof);
+    h.send_data(1000, &data[1000..2000], false);
+    h.tx();
+    let info = h.ep.info(h.id()).unwrap();
+    assert!(info.eof);
+    assert_eq!(info.state, State::CloseWait);
+    assert_eq!(info.available, 3000);
+    h.read_all();
+    assert_eq!(h.received, data);
+    // Application closes: FIN, retransmitted until acknowledged.
+    h.ep.close(h.now, h.id()).unwrap();
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert!(t[0].flags().fin());
+    let fin_seq = t[0].pkt.tcp.seq;
+    assert_eq!(h.ep.info(h.id()).unwrap().state, State::LastAck);
+    let d = h.ep.poll_timeout().unwrap();
+    h.now = d;
+    h.ep.handle_timeout(d);
+    let t = h.tx();
+    assert!(t[0].flags().fin() && t[0].pkt.tcp.seq == fin_seq);
+    let o = h.ts_opts();
+    h.rcv_nxt = fin_seq + 1;
+    h.send_raw(h.iss + 1 + 3001, TcpFlags::ACK, &[], o);
+    assert!(h.ep.info(h.id()).is_none(), "closed and removed");
+    assert_eq!(h.ep.connection_count(), 0);
+    assert_eq!(h.frames.len(), 0);
+}
+
+#[test]
+fn last_ack_gives_up_after_retries() {
+    let mut h = Harness::new(Config {
+        fin_retries: 3,
+        ..Config::default()
+    });
+    h.handshake(false);
+    h.send_raw(
+        h.iss + 1,
+        TcpFlags::ACK | TcpFlags::FIN,
+        &[],
+        OptionsOut::default(),
+    );
+    h.ep.close(h.now, h.id()).unwrap();
+    let mut fins = 0;
+    let mut rsts = 0;
+    while let Some(d) = h.ep.poll_timeout() {
+        h.now = d;
+        h.ep.handle_timeout(d);
+        for s in h.tx() {
+            fins += s.flags().fin() as u32;
+            rsts += s.flags().rst() as u32;
+        }
+    }
+    assert_eq!((fins, rsts), (4, 1));
+    assert_eq!(h.ep.connection_count(), 0);
+}
+
+#[test]
+fn active_close_then_time_wait() {
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    h.ep.close(h.now, h.id()).unwrap();
+    let t = h.tx();
+    let fin_seq = t[0].pkt.tcp.seq;
+    h.rcv_nxt = fin_seq + 1;
+    let o = h.ts_opts();
+    h.send_raw(h.iss + 1, TcpFlags::ACK, &[], o);
+    assert_eq!(h.ep.info(h.id()).unwrap().state, State::FinWait2);
+    h.send_raw(h.iss + 1, TcpFlags::ACK | TcpFlags::FIN, &[], o);
+    assert_eq!(h.ep.info(h.id()).unwrap().state, State::TimeWait);
+    assert_eq!(h.tx().len(), 1, "FIN acknowledged");
+    h.advance(Duration::from_secs(31));
+    assert_eq!(h.ep.connection_count(), 0);
+}
+
+#[test]
+fn data_after_close_gets_rst_and_unread_close_aborts() {
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    h.ep.close(h.now, h.id()).unwrap();
+    h.tx();
+    h.send_data(0, b"late data", false);
+    let t = h.tx();
+    assert!(
+        t.iter().any(|s| s.flags().rst()),
+        "RST to data on a closed connection"
+    );
+    assert_eq!(h.ep.connection_count(), 0);
+
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    h.send_data(0, b"unread", false);
+    h.tx();
+    h.ep.close(h.now, h.id()).unwrap();
+    let t = h.tx();
+    assert!(t[0].flags().rst(), "closing with unread data aborts");
+    h.collect_released();
+    assert_eq!(h.frames.len(), 0, "queued frames released");
+}
+
+#[test]
+fn segments_to_unknown_connections_get_rst() {
+    let mut h = Harness::new(Config::default());
+    h.peer.local_port = 1234;
+    h.peer.remote_port = 9999; // no listener
+    h.send_raw(777, TcpFlags::SYN, &[], OptionsOut::default());
+    let t = h.tx();
+    assert!(t[0].flags().rst() && t[0].flags().ack());
+    assert_eq!(t[0].pkt.tcp.ack, 778);
+    h.peer.remote_port = PORT;
+    h.rcv_nxt = 4242;
+    h.send_raw(777, TcpFlags::ACK, b"data", OptionsOut::default());
+    let t = h.tx();
+    assert!(t[0].flags().rst());
+    assert_eq!(t[0].pkt.tcp.seq, 4242);
+    h.send_raw(777, TcpFlags::RST, &[], OptionsOut::default());
+    assert!(h.tx().is_empty(), "never answer a RST");
+}
+
+#[test]
+fn rst_exact_in_window_and_out_of_window() {
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    h.send_data(0, &[1u8; 100], false);
+    h.tx();
+    let o = h.ts_opts();
+    // Out of window: ignored silently.
+    h.send_raw(
+        h.iss.wrapping_add(1 + 100 + 50_000_000),
+        TcpFlags::RST,
+        &[],
+        o,
+    );
+    assert!(h.tx().is_empty());
+    // In window, not exact: challenge ACK, connection stays.
+    h.send_raw(h.iss + 1 + 200, TcpFlags::RST, &[], o);
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert!(t[0].flags().ack() && !t[0].flags().rst());
+    assert_eq!(h.ack_of(&t[0]), 100);
+    assert_eq!(h.ep.info(h.id()).unwrap().state, State::Established);
+    // Exact: reset.
+    h.send_raw(h.iss + 1 + 100, TcpFlags::RST, &[], o);
+    let info = h.ep.info(h.id()).unwrap();
+    assert_eq!(info.state, State::Closed);
+    assert_eq!(info.error, Some(ConnError::Reset));
+    assert_eq!(h.frames.len(), 0, "queued data discarded on reset");
+    h.ep.close(h.now, h.id()).unwrap();
+    assert_eq!(h.ep.connection_count(), 0);
+}
+
+#[test]
+fn syn_in_window_gets_challenge_ack() {
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    h.send_raw(
+        h.iss + 1 + 10,
+        TcpFlags::SYN,
+        &[],
+        Harness::syn_options(true),
+    );
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].flags().0, TcpFlags::ACK);
+    assert_eq!(h.ep.info(h.id()).unwrap().stats.challenge_acks, 1);
+    // Challenge ACKs are rate limited.
+    for _ in 0..100 {
+        h.send_raw(
+            h.iss + 1 + 10,
+            TcpFlags::SYN,
+            &[],
+            Harness::syn_options(true),
+        );
+    }
+    assert_eq!(h.tx().len(), 9, "10 per second");
+}
+
+#[test]
+fn paws_drops_old_timestamps() {
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    h.ts = Some(1000);
+    h.send_data(0, &[1u8; 100], false);
+    h.tx();
+    h.ts = Some(999);
+    assert_eq!(h.send_data(100, &[2u8; 100], false), FrameDisposition::Free);
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(h.ack_of(&t[0]), 100, "dropped, duplicate ACK");
+    assert_eq!(h.ep.info(h.id()).unwrap().stats.paws_drops, 1);
+    // Wrapped-around timestamp that is newer is accepted.
+    h.ts = Some(1000u32.wrapping_add(0x7000_0000));
+    assert_eq!(h.send_data(100, &[2u8; 100], false), FrameDisposition::Held);
+    // And TSecr echoes the most recent TSval.
+    let t = h.tx();
+    assert_eq!(
+        t[0].pkt.tcp.options.timestamps.unwrap().1,
+        1000u32.wrapping_add(0x7000_0000)
+    );
+}
+
+#[test]
+fn idle_timeout_aborts() {
+    let mut h = Harness::new(Config {
+        idle_timeout: Duration::from_secs(5),
+        ..Config::default()
+    });
+    h.handshake(true);
+    h.advance(Duration::from_secs(6));
+    let t = h.tx();
+    assert!(t.iter().any(|s| s.flags().rst()));
+    assert_eq!(h.ep.info(h.id()).unwrap().error, Some(ConnError::TimedOut));
+}
+
+#[test]
+fn syn_flood_is_bounded() {
+    let cfg = Config {
+        syn_backlog: 64,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    for port in 0..5000u16 {
+        h.peer.local_port = 10000 + port;
+        h.send_raw(
+            port as u32 * 7919,
+            TcpFlags::SYN,
+            &[],
+            Harness::syn_options(true),
+        );
+    }
+    assert_eq!(h.ep.connection_count(), 64);
+    assert_eq!(h.ep.stats().syn_backlog_drops, 5000 - 64);
+    assert_eq!(h.tx().len(), 64);
+    assert!(h.frames.is_empty());
+    // The embryonic connections time out, freeing the backlog.
+    for _ in 0..10 {
+        h.advance(Duration::from_secs(40));
+        h.tx();
+    }
+    assert_eq!(h.ep.connection_count(), 0);
+    h.ep.check_invariants();
+    // A legitimate client gets through afterwards.
+    h.peer.local_port = 40000;
+    h.handshake(true);
+}
+
+#[test]
+fn ooo_flood_is_bounded_and_frames_released() {
+    let cfg = Config {
+        rcvbuf: 256 * 4096,
+        max_ooo_ranges: 16,
+        max_ooo_mem: 128 * 4096,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.handshake(true);
+    // Segments with holes everywhere (every other 100-byte slot), far beyond what fits.
+    for i in 0..5000u32 {
+        h.send_data(100 + i * 200 % 400_000, &[9u8; 100], false);
+        let info = h.ep.info(h.id()).unwrap();
+        assert!(info.ooo_ranges <= 16);
+        assert!(info.ooo_mem <= 128 * 4096);
+        assert!(info.mem <= 256 * 4096);
+    }
+    // Small segments fill from the front; the store stays bounded and consistent.
+    for i in 0..3000u32 {
+        h.send_data((i * 37) % 10_000, &[9u8; 37], false);
+        let info = h.ep.info(h.id()).unwrap();
+        assert!(info.mem <= 256 * 4096);
+        h.read_all();
+    }
+    h.ep.check_invariants();
+    h.tx();
+    let o = h.ts_opts();
+    let rcv = h.ep.info(h.id()).unwrap().stats.payload_in;
+    let _ = rcv;
+    let next = h.iss.wrapping_add(1).wrapping_add(h.received.len() as u32);
+    h.send_raw(next, TcpFlags::RST, &[], o);
+    h.ep.close(h.now, h.id()).unwrap();
+    assert!(h.frames.is_empty(), "every held frame came back");
+    assert_eq!(h.ep.connection_count(), 0);
+}
+
+#[test]
+fn accept_queue_bound() {
+    let cfg = Config {
+        accept_backlog: 2,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    for port in 0..3u16 {
+        h.peer.local_port = 20000 + port;
+        h.send_raw(h.iss, TcpFlags::SYN, &[], OptionsOut::default());
+        let sa = h.tx();
+        h.rcv_nxt = sa[0].pkt.tcp.seq + 1;
+        h.send_raw(h.iss + 1, TcpFlags::ACK, &[], OptionsOut::default());
+    }
+    assert_eq!(h.ep.accept_queue_len(PORT), 2);
+    assert!(h.ep.accept(PORT).is_some());
+    h.send_raw(h.iss + 1, TcpFlags::ACK, &[], OptionsOut::default());
+    assert_eq!(
+        h.ep.accept_queue_len(PORT),
+        2,
+        "third completes once there is room"
+    );
+}
+
+#[test]
+fn parse_errors_are_counted_and_frames_free() {
+    let mut h = Harness::new(Config::default());
+    assert_eq!(h.deliver(vec![0u8; 10]), FrameDisposition::Free);
+    // A fragment (MF set).
+    let spec = netrx::wire::SegmentSpec {
+        seq: 1,
+        ack: 0,
+        flags: TcpFlags::SYN,
+        window: 100,
+        options: OptionsOut::default(),
+    };
+    let mut buf = vec![0u8; 200];
+    let n = netrx::wire::build_segment(&h.peer, &spec, &[], &mut buf).unwrap();
+    buf.truncate(n);
+    buf[14 + 6] = 0x20;
+    buf[14 + 10] = 0;
+    buf[14 + 11] = 0;
+    let c = netrx::wire::checksum::checksum(&buf[14..34]);
+    buf[24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(h.deliver(buf), FrameDisposition::Free);
+    let s = h.ep.stats();
+    assert_eq!((s.parse_errors, s.fragments), (2, 1));
+}
