@@ -615,20 +615,19 @@ impl<R: RegisterAccess> Channel<R> {
             self.last_status_check = Some(now);
             self.stats.status_reads += 1;
             let sts = self.regs().read64(self.base + chan::CHANSTS);
-            if let Completed::Pos(p) = self.ring.decode(sts) {
-                // The device finished more than the word says (a lost writeback).
-                n += self.reap_to(p, out);
-                self.stall_since = None;
-            }
             if ChanState::from_bits(sts) == ChanState::Halted {
+                // A halt the device did not push to memory. The channel is stopped, so the
+                // completed address in CHANSTS is final: reap up to it first. (While the
+                // channel runs, CHANSTS is never used to reap: a completion write still in
+                // flight could later land with an address the ring already moved past.)
+                if let Completed::Pos(p) = self.ring.decode(sts) {
+                    n += self.reap_to(p, out);
+                }
                 n += self.recover_from_halt(out);
                 return n as usize;
             }
         }
-        if self.ring.in_flight() > 0
-            && self.stall_since.is_some()
-            && now.duration_since(since) >= self.cfg.completion_timeout
-        {
+        if now.duration_since(since) >= self.cfg.completion_timeout {
             n += self.recover_from_hang(now.duration_since(since), out);
         }
         n as usize

@@ -726,3 +726,28 @@ fn failed_recovery_takes_the_channel_down_until_restart() {
     assert_eq!(regs.read8(0x08), 0x33);
     assert_clean(&m);
 }
+
+#[test]
+fn halt_not_pushed_to_memory_is_found_in_chansts() {
+    // SPDK's CHANCTRL (ANY_ERR_ABORT_EN only): the device does not write the halt to the
+    // completion word, so the driver must find it by reading CHANSTS on the slow path.
+    let (m, d) = open(ModelConfig::preset(Preset::Skx));
+    let mut cfg = ChannelConfig::default();
+    cfg.chanctrl = ioat_driver::regs::chanctrl::ANY_ERR_ABORT_EN;
+    let mut h = Harness::new(&d, 0, cfg, 64 << 10, 23).unwrap();
+    let mm = m.clone();
+    let o = conformance::fault_rounds(&mut h, 10, |_, nth| {
+        mm.inject(
+            0,
+            Fault::ChanErrOnNth {
+                nth,
+                bits: chanerr::DEST_ADDR,
+            },
+        );
+    })
+    .unwrap();
+    assert_eq!(o.halted, 10);
+    assert!(h.channel.stats().status_reads >= 10);
+    assert_eq!(h.channel.stats().timeouts, 0);
+    assert_clean(&m);
+}
