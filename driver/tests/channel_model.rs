@@ -732,8 +732,10 @@ fn halt_not_pushed_to_memory_is_found_in_chansts() {
     // SPDK's CHANCTRL (ANY_ERR_ABORT_EN only): the device does not write the halt to the
     // completion word, so the driver must find it by reading CHANSTS on the slow path.
     let (m, d) = open(ModelConfig::preset(Preset::Skx));
-    let mut cfg = ChannelConfig::default();
-    cfg.chanctrl = ioat_driver::regs::chanctrl::ANY_ERR_ABORT_EN;
+    let cfg = ChannelConfig {
+        chanctrl: ioat_driver::regs::chanctrl::ANY_ERR_ABORT_EN,
+        ..ChannelConfig::default()
+    };
     let mut h = Harness::new(&d, 0, cfg, 64 << 10, 23).unwrap();
     let mm = m.clone();
     let o = conformance::fault_rounds(&mut h, 10, |_, nth| {
