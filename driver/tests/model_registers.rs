@@ -228,8 +228,12 @@ fn doorbell_with_half_written_chainaddr_warns() {
     let mut null = ioat_driver::desc::HwDescriptor::null(ioat_driver::desc::Ctl::copy());
     null.next = m.iova(0);
     m.write_desc(0, &null);
+    // The high half is already right from a full write; the driver then rewrites only the
+    // low half before the doorbell.
+    d.write64(CHAINADDR, m.iova(0));
     d.write32(CHAINADDR, m.iova(0) as u32);
     d.write16(DMACOUNT, 1);
+    assert_eq!(wait_state(&*d, 0, ChanState::Done), ChanState::Done);
     let v = d.take_violations();
     assert_eq!(rules(&v), ["D6"]);
     assert_eq!(v[0].tag, RuleTag::Inferred);
@@ -250,7 +254,7 @@ fn misaligned_chancmp_and_chainaddr_are_reported_at_write() {
 #[test]
 fn reset_self_clears_and_clears_the_chain_registers() {
     let d = ModelDevice::new(
-        ModelConfig::preset(Preset::Skx).reset_delay(std::time::Duration::from_millis(20)),
+        ModelConfig::preset(Preset::Skx).reset_delay(std::time::Duration::from_millis(250)),
     );
     d.write16(CHANCTRL, chanctrl::RUN);
     d.write64(CHANCMP, 0x1_0000_0000);
@@ -312,4 +316,38 @@ fn violation_display_names_everything() {
         s.starts_with("W7 [behaviour] Warning: CHANCTRL @ 0x80/4 ch0"),
         "{s}"
     );
+}
+
+#[test]
+fn chansts_split_read_order_below_3_3() {
+    let d = dev(Preset::Bdx);
+    let _ = d.read32(CHANSTS);
+    let _ = d.read32(CHANSTS + 4);
+    assert_clean(&d);
+    let _ = d.read32(CHANSTS + 4);
+    let v = d.take_violations();
+    assert_eq!(rules(&v), ["W3"]);
+    assert_eq!(v[0].tag, RuleTag::Stated);
+    // From CB3.3 on the order does not matter.
+    let d = dev(Preset::Skx);
+    let _ = d.read32(CHANSTS + 4);
+    assert_clean(&d);
+}
+
+#[test]
+#[should_panic(expected = "S1")]
+fn strict_panic_reports_engine_violations_at_the_next_access() {
+    let d = ModelDevice::new(ModelConfig::preset(Preset::Skx).strict(StrictMode::Panic));
+    let m = DmaMem::new(&d, 4096);
+    let mut z =
+        ioat_driver::desc::HwDescriptor::copy(0, m.iova(64), m.iova(128), Default::default());
+    z.next = m.iova(0);
+    m.write_desc(0, &z);
+    d.write64(CHAINADDR, m.iova(0));
+    d.write16(DMACOUNT, 1);
+    // The engine finds the size-0 descriptor; the driver's next access panics.
+    for _ in 0..100_000 {
+        let _ = d.read64(CHANSTS);
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
 }

@@ -53,6 +53,8 @@ pub(crate) struct Chan {
     pub chainaddr_written: bool,
     pub chainaddr_half: Half,
     pub chancmp_half: Half,
+    /// The low dword of CHANSTS was read last (rule W3 check for split reads).
+    pub chansts_low_read: bool,
     /// SUSPEND arrived while the engine was executing a descriptor.
     pub suspend_req: bool,
     /// The engine is executing a descriptor outside the lock.
@@ -96,6 +98,7 @@ impl Chan {
             chainaddr_written: false,
             chainaddr_half: Half::Both,
             chancmp_half: Half::Both,
+            chansts_low_read: false,
             suspend_req: false,
             busy: false,
             gen: 0,
@@ -555,6 +558,9 @@ impl ModelDevice {
                 0
             }
             Some(h) if proper(h.def.width, h.byte, width) => {
+                if h.def.reg == Reg::ChanSts && width == 4 {
+                    self.split_chansts_read(&mut st, h.chan.unwrap_or(0), h.byte, off);
+                }
                 reg_value(sh, &st, h.def.reg, h.chan) >> (h.byte * 8)
             }
             Some(h) => {
@@ -584,6 +590,23 @@ impl ModelDevice {
             (1u64 << (width * 8)) - 1
         };
         v & mask
+    }
+
+    /// Rule W3: below CB3.3 CHANSTS "must read lower 4 bytes before upper 4 bytes".
+    fn split_chansts_read(&self, st: &mut DevState, ch: usize, byte: u32, off: u32) {
+        let c = &mut st.chans[ch];
+        if byte == 0 {
+            c.chansts_low_read = true;
+            return;
+        }
+        let ok = std::mem::replace(&mut c.chansts_low_read, false);
+        if !ok && self.sh.cfg.cbver < 0x33 {
+            self.sh.violate(
+                st,
+                V::reg("W3", RuleTag::Stated, Severity::Warning, Some(ch), "CHANSTS", off, 4),
+                "high dword of CHANSTS read without the low dword first; below CB3.3 the low 4 bytes must be read before the upper 4 (and split reads may tear: prefer the completion word, rule W4)".into(),
+            );
+        }
     }
 
     fn mmio_write(&self, off: u32, width: u8, val: u64) {
