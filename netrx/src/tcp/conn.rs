@@ -646,7 +646,6 @@ impl Conn {
 
         let mut immediate_ack = false;
         if len > 0 {
-            self.stats.payload_in += len as u64;
             if len > self.rcv_mss {
                 self.rcv_mss = len.min(self.our_mss.max(len));
             }
@@ -798,6 +797,7 @@ impl Conn {
         self.rcv_nxt = self.rcv_nxt.wrapping_add(g.len);
         self.rcv_off += g.len as u64;
         self.available += g.len as u64;
+        self.stats.payload_in += g.len as u64;
         self.psh_queued += g.psh as u32;
         self.in_order.push_back(g);
     }

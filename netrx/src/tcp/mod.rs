@@ -152,7 +152,7 @@ impl Default for Config {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnStats {
     pub segments_in: u64,
-    /// New payload bytes accepted (in order or out of order).
+    /// Payload bytes that entered the in-order queue (each stream byte counts once).
     pub payload_in: u64,
     /// Bytes already received (trimmed or dropped as duplicates).
     pub dup_bytes: u64,
