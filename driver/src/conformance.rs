@@ -560,7 +560,8 @@ pub fn hang_detected<R: RegisterAccess>(
 /// A copy from an IOVA nobody mapped (the end of the destination region plus a gap). The
 /// model halts with SRC_ADDR; real devices may or may not detect it (rule E10), so both a
 /// halt and a success are accepted, but the op must be reported exactly once and the channel
-/// must work afterwards.
+/// must work afterwards. Run it only behind an IOMMU: in no-IOMMU mode IOVAs are physical
+/// addresses and the "unmapped" source would be whatever memory lies there.
 pub fn unmapped_source<R: RegisterAccess>(h: &mut Harness<R>) -> Result<Option<OpError>, Failure> {
     let bogus = h.dst.iova() + h.dst.len() as u64 + (1 << 30);
     let t = ctx(h.channel.copy(bogus, h.dst.iova(), 64), "submitting")?;

@@ -465,6 +465,99 @@ mod tests {
         assert_eq!(r.last_unissued(), None);
     }
 
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Act {
+            Push(u32),
+            Internal,
+            Issue,
+            /// Complete the k-th (mod in-flight) in-flight descriptor.
+            Complete(u32),
+            /// Halt: drain everything and start a new chain.
+            Halt,
+        }
+
+        fn act() -> impl Strategy<Value = Act> {
+            prop_oneof![
+                6 => (1u32..5).prop_map(Act::Push),
+                1 => Just(Act::Internal),
+                3 => Just(Act::Issue),
+                4 => any::<u32>().prop_map(Act::Complete),
+                1 => Just(Act::Halt),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+            /// Against a reference: every token is reported exactly once, in order; counts
+            /// add up; DMACOUNT is the descriptor count since the chain start mod 2^16; every
+            /// in-flight slot decodes to its position, the last reaped one to Nothing.
+            #[test]
+            fn ring_matches_reference(order in 2u32..6, acts in proptest::collection::vec(act(), 1..400)) {
+                let mut r: Ring<u64> = Ring::new(order, 0x4000_0000);
+                let mut next_token = 0u64;
+                let mut reported: Vec<u64> = vec![];
+                let mut since_chain: u64 = 0; // descriptors issued since the chain start
+                for a in acts {
+                    match a {
+                        Act::Push(n) => {
+                            let free = r.free();
+                            match r.push_op(n, next_token) {
+                                Ok((_, t)) => {
+                                    prop_assert!(n <= free);
+                                    prop_assert_eq!(t, Token(next_token));
+                                    next_token += 1;
+                                }
+                                Err(e) => prop_assert_eq!(e, RingFull { needed: n, free }),
+                            }
+                        }
+                        Act::Internal => { let _ = r.push_internal(1, u64::MAX); }
+                        Act::Issue => {
+                            let p = r.pending() as u64;
+                            match r.issue() {
+                                Some(c) => {
+                                    since_chain += p;
+                                    prop_assert_eq!(c as u64, since_chain % 65536);
+                                }
+                                None => prop_assert_eq!(p, 0),
+                            }
+                        }
+                        Act::Complete(k) => {
+                            let inf = r.in_flight();
+                            if inf > 0 {
+                                let pos = r.tail().wrapping_add(k % inf);
+                                prop_assert_eq!(r.decode(r.desc_iova(pos)), Completed::Pos(pos));
+                                r.reap_through(pos, |op| if let Some(t) = op.token { reported.push(t.0) });
+                                prop_assert_eq!(r.decode(r.desc_iova(pos)), Completed::Nothing);
+                            }
+                        }
+                        Act::Halt => {
+                            r.drain(|op, _| if let Some(t) = op.token { reported.push(t.0) });
+                            r.restart_chain();
+                            since_chain = 0;
+                        }
+                    }
+                    prop_assert_eq!(r.free() + r.used(), r.size() - 1);
+                    prop_assert!(r.in_flight() <= r.used());
+                    for i in 0..r.in_flight() {
+                        let pos = r.tail().wrapping_add(i);
+                        prop_assert_eq!(r.decode(r.desc_iova(pos)), Completed::Pos(pos));
+                    }
+                }
+                // Everything reported so far is a prefix of the tokens, in order.
+                let expect: Vec<u64> = (0..reported.len() as u64).collect();
+                prop_assert_eq!(&reported, &expect);
+                // Drain the rest: every token exactly once.
+                r.drain(|op, _| if let Some(t) = op.token { reported.push(t.0) });
+                let all: Vec<u64> = (0..next_token).collect();
+                prop_assert_eq!(reported, all);
+            }
+        }
+    }
+
     #[test]
     #[should_panic]
     fn order_too_large() {
