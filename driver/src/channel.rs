@@ -311,6 +311,11 @@ impl<R: RegisterAccess> Channel<R> {
         self.ring.free()
     }
 
+    /// Most descriptors that can be outstanding at once (ring size - 1).
+    pub fn capacity(&self) -> u32 {
+        self.ring.size() - 1
+    }
+
     /// Operations submitted and not yet reported by [`Channel::poll`] (flushed or not).
     pub fn in_flight(&self) -> u32 {
         self.ring.ops()
