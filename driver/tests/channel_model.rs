@@ -376,11 +376,13 @@ fn slow_completion_is_not_a_hang() {
     m.inject(
         0,
         Fault::Slow {
-            extra: Duration::from_millis(20),
+            extra: Duration::from_millis(10),
         },
     );
     let ops: Vec<Op> = (0..6).map(|_| h.random_op(2000, true)).collect();
+    let t0 = std::time::Instant::now();
     h.run_batch(&ops).unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(60), "the device was slow");
     assert_eq!(h.channel.stats().timeouts, 0);
     m.clear_faults(0);
     assert_clean(&m);
