@@ -649,3 +649,29 @@ fn several_channels_run_independently() {
     }
     assert_clean(&dev);
 }
+
+#[test]
+fn lazily_linked_ring_is_not_an_overrun() {
+    let dev = ModelDevice::new(ModelConfig::preset(Preset::Skx).timing(Timing::Modeled {
+        per_desc: Duration::from_millis(20),
+        bytes_per_sec: 0,
+    }));
+    let ring = DmaMem::new(&dev, 8 * DESC_SIZE);
+    let link = |i: usize, next: u64| {
+        let mut d = HwDescriptor::null(Ctl::copy());
+        d.next = next;
+        ring.write_desc(i * DESC_SIZE, &d);
+    };
+    // Only descriptors 0 and 1 linked (1 -> nowhere) at the first doorbell.
+    link(0, ring.iova(DESC_SIZE));
+    link(1, 0);
+    dev.write64(CHAINADDR, ring.iova(0));
+    dev.write16(DMACOUNT, 2);
+    // The driver links the rest of the ring as it fills it.
+    for i in 1..8 {
+        link(i, ring.iova(((i + 1) % 8) * DESC_SIZE));
+    }
+    dev.write16(DMACOUNT, 7);
+    assert_eq!(wait_state(&*dev, 0, ChanState::Done), ChanState::Done);
+    assert_clean(&dev);
+}

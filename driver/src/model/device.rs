@@ -850,9 +850,11 @@ fn doorbell(sh: &Shared, st: &mut DevState, ch: usize, val: u16, off: u32) {
     // replayed on purpose as in the VFIO selftest, is exempt).
     let outstanding = c.dmacount.wrapping_sub(c.count) as u32;
     if c.state == ChanState::Active && outstanding > 1 {
+        // Cached per CHAINADDR write; recomputed before reporting, in case the driver links
+        // its ring lazily.
         let reach = match c.reachable {
-            Some(r) => r,
-            None => {
+            Some(r) if outstanding <= r => r,
+            _ => {
                 let start = c.chainaddr;
                 let r = sh.reachable(start);
                 st.chans[ch].reachable = Some(r);
