@@ -136,13 +136,32 @@ fn console(lines: &[(Duration, String)]) -> String {
         .collect()
 }
 
-fn build_initramfs() -> PathBuf {
-    let guest = env!("CARGO_BIN_EXE_vfio-vm-guest");
+/// Removes the initramfs when the test ends, passed or not.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The guest binary: cargo's build of `vfio-vm-guest` (dynamically linked; build-initramfs.sh
+/// copies its libraries), or `VFIO_VM_GUEST=/path` (for example a static build, see
+/// docs/testing.md).
+fn guest_binary() -> PathBuf {
+    std::env::var_os("VFIO_VM_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vfio-vm-guest")))
+}
+
+fn build_initramfs() -> Scratch {
+    let guest = guest_binary();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vfio-vm");
     std::fs::create_dir_all(&dir).expect("create initramfs dir");
     let initrd = dir.join(format!("initramfs-{}.cpio.gz", std::process::id()));
     let mut cmd = Command::new(vm_dir().join("build-initramfs.sh"));
-    cmd.arg(guest).arg(&initrd);
+    cmd.arg(&guest).arg(&initrd);
+    let initrd = Scratch(initrd);
     let (code, lines) = run_bounded(cmd, Duration::from_secs(60));
     assert_eq!(
         code,
@@ -209,7 +228,7 @@ fn edu_through_vfio_in_a_guest() {
     let modes = ["iommu", "noiommu"];
     let mut failures = Vec::new();
     for mode in modes {
-        let (verdict, took, console) = boot(&initrd, mode);
+        let (verdict, took, console) = boot(&initrd.0, mode);
         match verdict {
             Some(v) if v.starts_with("NETRX-VERDICT: PASS") => {
                 let took = took.map(|d| format!("{:.1} s", d.as_secs_f64()));
@@ -231,7 +250,6 @@ fn edu_through_vfio_in_a_guest() {
             )),
         }
     }
-    let _ = std::fs::remove_file(&initrd);
     eprintln!("vfio_vm: total {:.1} s", t0.elapsed().as_secs_f64());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

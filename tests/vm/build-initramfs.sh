@@ -22,7 +22,7 @@ moddir=/lib/modules/$kver
 [ -x "$guest" ] || die "guest binary $guest is missing or not executable"
 busybox=$(command -v busybox || true)
 [ -n "$busybox" ] || die "busybox not found; install it: apt-get install busybox-static"
-if ldd "$busybox" >/dev/null 2>&1; then
+if ldd "$busybox" 2>&1 | grep -q "=>"; then
     die "$busybox is not statically linked; install busybox-static (apt-get install busybox-static)"
 fi
 command -v cpio >/dev/null || die "cpio not found; install it: apt-get install cpio"
@@ -74,7 +74,7 @@ done
 cp "$busybox" "$root/bin/busybox"
 cp "$guest" "$root/bin/netrx-guest"
 # A dynamically linked guest binary: copy the loader and libraries to the same paths.
-if ldd "$guest" >/dev/null 2>&1; then
+if ldd "$guest" 2>&1 | grep -q "=>"; then
     for lib in $(ldd "$guest" | grep -o '/[^ ]*'); do
         mkdir -p "$root$(dirname "$lib")"
         cp -L "$lib" "$root$lib"
