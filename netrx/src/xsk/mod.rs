@@ -17,6 +17,7 @@ pub mod insn;
 pub mod poller;
 pub mod ring;
 pub mod socket;
+pub mod tcp_rx;
 
 use std::io;
 

@@ -1,0 +1,248 @@
+//! End-to-end: a kernel TCP sender (std::net in the sender namespace) streams to the netrx
+//! receive path (AF_XDP shell + `netrx::tcp` endpoint through `netrx::xsk::tcp_rx`), and the
+//! SHA-256 of what the application read matches what was sent.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant as StdInstant};
+
+use netrx::tcp::{Config, ConnId, Endpoint, Instant};
+use netrx::xsk::poller::{self, PollerConfig};
+use netrx::xsk::tcp_rx::{FrameView, StreamApp, TcpQueue};
+use netrx::xsk::{AttachMode, ServiceConfig, XdpMode, XdpService};
+use netrx_tests::netns::{self, LinkOpts, TwoHost, RECEIVER_ADDR};
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+const PORT: u16 = 5201;
+
+/// What the application saw of one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamResult {
+    queue: u32,
+    bytes: u64,
+    sha: [u8; 32],
+    error: Option<String>,
+}
+
+/// Accepts every connection, hashes everything it reads, closes at end of stream.
+struct HashApp {
+    queue: u32,
+    conns: HashMap<ConnId, (Sha256, u64)>,
+    done: mpsc::Sender<StreamResult>,
+}
+
+impl StreamApp for HashApp {
+    fn on_round(
+        &mut self,
+        ep: &mut Endpoint,
+        frames: &FrameView<'_>,
+        ready: &[ConnId],
+        now: Instant,
+    ) {
+        let mut todo: Vec<ConnId> = ready.to_vec();
+        while let Some(c) = ep.accept(PORT) {
+            self.conns.insert(c, (Sha256::new(), 0));
+            todo.push(c);
+        }
+        for c in todo {
+            let Some((h, n)) = self.conns.get_mut(&c) else {
+                continue;
+            };
+            let got = ep
+                .consume(now, c, usize::MAX, |seg| {
+                    frames.segment(seg, |b| h.update(b));
+                })
+                .unwrap_or(0);
+            *n += got as u64;
+            let Some(info) = ep.info(c) else { continue };
+            let error = info.error.map(|e| e.to_string());
+            if (info.eof && info.available == 0) || error.is_some() {
+                let (h, n) = self.conns.remove(&c).unwrap();
+                let _ = self.done.send(StreamResult {
+                    queue: self.queue,
+                    bytes: n,
+                    sha: h.finalize().into(),
+                    error,
+                });
+                let _ = ep.close(now, c);
+            }
+        }
+    }
+}
+
+/// Send `len` seeded random bytes to the receiver, then FIN, then wait for its FIN.
+/// Returns (bytes, sha256).
+fn send_stream(len: u64, seed: u64) -> std::io::Result<(u64, [u8; 32])> {
+    let mut s = TcpStream::connect_timeout(
+        &SocketAddr::from((RECEIVER_ADDR, PORT)),
+        Duration::from_secs(5),
+    )?;
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sent = 0u64;
+    while sent < len {
+        let n = ((len - sent) as usize).min(buf.len());
+        rng.fill_bytes(&mut buf[..n]);
+        h.update(&buf[..n]);
+        s.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // The receiver closes after reading everything: our read sees EOF.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    Ok((sent, h.finalize().into()))
+}
+
+fn stream_mib() -> u64 {
+    std::env::var("NETRX_XSK_STREAM_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if cfg!(debug_assertions) { 16 } else { 256 })
+}
+
+/// Run `flows` kernel senders against a netrx receiver with `queues` queues.
+fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64) {
+    if !netns::require_root_or_skip(test) {
+        return;
+    }
+    let t = TwoHost::new(&LinkOpts {
+        queues,
+        sender_tx_csum_off: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology");
+    // On veth the RX queue is the sender's TX queue, picked from the socket's hash. Linux
+    // re-draws that hash on a retransmission timeout (net.core.txrehash), which would move a
+    // flow to another queue, whose endpoint does not know it (and answers RST). A NIC's RSS
+    // keeps a flow on its queue; keep the sender's hash stable to get the same here.
+    t.sender
+        .run_cmd("sysctl", &["-qw", "net.core.txrehash=0"])
+        .expect("sysctl net.core.txrehash=0 in the sender namespace");
+    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    cfg.attach = AttachMode::Native;
+    let mut svc = t
+        .receiver
+        .run(|| XdpService::open(&cfg))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(svc.mode(), XdpMode::Native);
+    let sockets = svc.take_sockets();
+
+    let origin = StdInstant::now();
+    let (tx, rx) = mpsc::channel();
+    let ep_cfg = Config {
+        // Each queue's UMEM has 4096 frames; keep the windows of its connections within it.
+        rcvbuf: (8 << 20) / (flows as u32).div_ceil(queues).max(1),
+        ..Config::default()
+    };
+    let pollers = poller::spawn(sockets, PollerConfig::default(), |q| {
+        let mut ep = Endpoint::new(Config {
+            isn_secret: 0x1234 + q as u64,
+            ..ep_cfg.clone()
+        });
+        ep.listen(PORT).unwrap();
+        TcpQueue::new(
+            ep,
+            HashApp {
+                queue: q,
+                conns: HashMap::new(),
+                done: tx.clone(),
+            },
+            origin,
+        )
+    });
+
+    let start = StdInstant::now();
+    let senders: Vec<_> = (0..flows)
+        .map(|i| {
+            t.sender
+                .spawn_thread(move || send_stream(mib_each << 20, 1000 + i as u64))
+                .unwrap()
+        })
+        .collect();
+    let results: Vec<_> = senders.into_iter().map(|h| h.join().unwrap()).collect();
+    if results.iter().any(|r| r.is_err()) {
+        for (mut sock, h) in pollers.stop() {
+            eprintln!(
+                "queue {}: {:?}; endpoint {:?}; frames {:?}",
+                sock.queue(),
+                h.stats(),
+                h.endpoint().stats(),
+                sock.outstanding()
+            );
+        }
+        panic!("a sender failed: {results:?}");
+    }
+    let mut sent: Vec<(u64, [u8; 32])> = results.into_iter().map(|r| r.unwrap()).collect();
+    let elapsed = start.elapsed();
+    let mut got: Vec<StreamResult> = (0..flows)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("a stream ended at the receiver")
+        })
+        .collect();
+    let total: u64 = got.iter().map(|r| r.bytes).sum();
+    eprintln!(
+        "{test}: {flows} stream(s) x {mib_each} MiB in {elapsed:?} ({:.2} Gbit/s total)",
+        total as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
+    );
+    for r in &got {
+        assert!(r.error.is_none(), "stream error: {r:?}");
+    }
+    sent.sort();
+    let mut got_pairs: Vec<(u64, [u8; 32])> = got.iter().map(|r| (r.bytes, r.sha)).collect();
+    got_pairs.sort();
+    assert_eq!(
+        got_pairs, sent,
+        "every stream arrived intact (length and SHA-256)"
+    );
+    got.sort_by_key(|r| r.queue);
+    let mut per_q = vec![0usize; queues as usize];
+    for r in &got {
+        per_q[r.queue as usize] += 1;
+    }
+    eprintln!("{test}: streams per queue {per_q:?}");
+    if queues > 1 && flows >= 8 {
+        assert!(
+            per_q.iter().filter(|&&n| n > 0).count() >= 2,
+            "spread over queues: {per_q:?}"
+        );
+    }
+
+    // Give the endpoint a moment to see the last ACKs, then check the frame accounting.
+    std::thread::sleep(Duration::from_millis(100));
+    for (mut sock, h) in pollers.stop() {
+        let st = h.stats();
+        assert_eq!(h.multi_held(), 0);
+        assert_eq!(st.unknown_releases, 0, "{st:?}");
+        let c = sock
+            .check_no_leak()
+            .unwrap_or_else(|e| panic!("queue {}: {e} ({st:?})", sock.queue()));
+        eprintln!(
+            "queue {}: {st:?}; frames {c:?}; endpoint {:?}",
+            sock.queue(),
+            h.endpoint().stats()
+        );
+    }
+}
+
+#[test]
+fn xsk_tcp_single_stream_sha256() {
+    run_streams("xsk_tcp_single_stream_sha256", 1, 1, stream_mib());
+}
+
+#[test]
+fn xsk_tcp_16_streams_over_4_queues() {
+    run_streams(
+        "xsk_tcp_16_streams_over_4_queues",
+        4,
+        16,
+        (stream_mib() / 16).max(1),
+    );
+}
