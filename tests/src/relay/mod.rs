@@ -41,6 +41,7 @@ pub mod frame;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -140,8 +141,6 @@ impl Relay {
             Some(ns) => ns.try_run(open)??,
             None => open()?,
         };
-        let sa = Arc::new(sa);
-        let sb = Arc::new(sb);
         // SAFETY: eventfd has no memory preconditions; the result is checked below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if efd < 0 {
@@ -153,19 +152,15 @@ impl Relay {
             Arc::new(Mutex::new(Counters::default())),
             Arc::new(Mutex::new(Counters::default())),
         ];
-        let mut threads = Vec::new();
-        for (name, d, input, output, live) in [
-            ("relay a->b", d_ab, sa.clone(), sb.clone(), live[0].clone()),
-            ("relay b->a", d_ba, sb, sa, live[1].clone()),
-        ] {
-            let stop = stop.clone();
-            let h = std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || forward(d, &input, &output, &stop, &live))?;
-            threads.push(h);
-        }
+        let flag = Arc::new(AtomicBool::new(false));
+        let (stop2, flag2, live2) = (stop.clone(), flag.clone(), live.clone());
+        let h = std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || relay_loop([d_ab, d_ba], [sa, sb], &stop2, &flag2, &live2))?;
+        let threads = vec![h];
         Ok(RelayGuard {
             stop,
+            flag,
             threads,
             live,
         })
@@ -175,6 +170,7 @@ impl Relay {
 /// A running relay; stops and joins its threads on [`RelayGuard::stop`] or drop.
 pub struct RelayGuard {
     stop: Arc<OwnedFd>,
+    flag: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     live: [Arc<Mutex<Counters>>; 2],
 }
@@ -196,6 +192,7 @@ impl RelayGuard {
     }
 
     fn shutdown(&mut self) {
+        self.flag.store(true, Ordering::SeqCst);
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
         unsafe {
@@ -463,71 +460,33 @@ fn send_one(fd: RawFd, frame: &[u8]) -> bool {
     false
 }
 
-/// One direction's loop: read from `input`, decide, send to `output` when due.
-fn forward(
-    mut d: Direction,
-    input: &OwnedFd,
-    output: &OwnedFd,
-    stop: &OwnedFd,
-    live: &Mutex<Counters>,
-) {
-    let start = Instant::now();
-    let now_ns = || start.elapsed().as_nanos() as u64;
-    let mut buf = vec![0u8; MAX_FRAME];
-    let mut hdr = [0u8; VNET_HDR_LEN];
-    let mut extra = Counters::default();
-    let mut last_publish = Instant::now();
-    let mut warned_gso = false;
-    let publish = |d: &Direction, extra: &Counters| {
-        let mut c = d.counters.clone();
-        c.add(extra);
-        *live.lock().unwrap_or_else(|p| p.into_inner()) = c;
-    };
-    loop {
-        // Wait for input, the stop signal, or the next deadline.
-        let now = now_ns();
-        let timeout_ns = match d.next_deadline() {
-            Some(dl) => dl.saturating_sub(now).min(100_000_000),
-            None => 100_000_000,
-        };
-        let mut fds = [
-            libc::pollfd {
-                fd: input.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        if timeout_ns > 0 {
-            let ts = libc::timespec {
-                tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
-                tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
-            };
-            // SAFETY: `fds` and `ts` are valid for the call; no signal mask is changed.
-            unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
-            if fds[1].revents != 0 {
-                break;
-            }
-        }
-        // Read what is there (bounded, so due frames are not starved).
-        for _ in 0..256 {
-            match recv_one(input.as_raw_fd(), &mut hdr, &mut buf) {
-                Rx::Empty => break,
+/// Per-direction shell state beside the pure core.
+struct Port {
+    d: Direction,
+    extra: Counters,
+    warned_gso: bool,
+}
+
+impl Port {
+    /// Reads up to a batch of frames from `input` into the core; returns how many were read.
+    fn rx(&mut self, input: RawFd, buf: &mut [u8], now: &dyn Fn() -> u64) -> usize {
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        let mut n = 0;
+        while n < 64 {
+            match recv_one(input, &mut hdr, buf) {
                 // Errors (e.g. ENETDOWN) are reported once per occurrence; try again later.
-                Rx::Error => break,
+                Rx::Empty | Rx::Error => break,
                 Rx::Frame(len, h) => {
+                    n += 1;
                     if len > buf.len() || h[1] != 0 {
-                        extra.gso_dropped += 1;
-                        extra.max_frame_len = extra.max_frame_len.max(len as u64);
-                        if !warned_gso {
-                            warned_gso = true;
+                        self.extra.gso_dropped += 1;
+                        self.extra.max_frame_len = self.extra.max_frame_len.max(len as u64);
+                        if !self.warned_gso {
+                            self.warned_gso = true;
                             eprintln!(
-                                "relay: dropping GSO super-frames ({len} bytes): turn TSO/GSO off \
-                                 on the sender (`ethtool -K IF tso off gso off`)"
+                                "relay: dropping GSO/GRO super-frames ({len} bytes): turn TSO off \
+                                 on the sender (`ethtool -K IF tso off gso off`) and GRO off on \
+                                 the relay's interfaces (`ethtool -K IF gro off`)"
                             );
                         }
                         continue;
@@ -537,28 +496,99 @@ fn forward(
                         let cs = usize::from(u16::from_le_bytes([h[6], h[7]]));
                         let co = usize::from(u16::from_le_bytes([h[8], h[9]]));
                         if complete_csum(&mut frame, cs, co) {
-                            extra.csum_completed += 1;
+                            self.extra.csum_completed += 1;
                         }
                     }
-                    d.push(frame, now_ns());
+                    self.d.push(frame, now());
                 }
             }
         }
-        let now = now_ns();
-        while let Some(f) = d.pop_ready(now) {
-            if !send_one(output.as_raw_fd(), &f) {
-                extra.send_errors += 1;
+        n
+    }
+
+    /// Sends every frame due at `now` to `output`; returns how many left the core.
+    fn tx(&mut self, output: RawFd, now: u64) -> usize {
+        let mut n = 0;
+        while let Some(f) = self.d.pop_ready(now) {
+            n += 1;
+            if !send_one(output, &f) {
+                self.extra.send_errors += 1;
             }
         }
+        n
+    }
+
+    fn publish(&self, live: &Mutex<Counters>) {
+        let mut c = self.d.counters.clone();
+        c.add(&self.extra);
+        *live.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+}
+
+/// The relay's single poll loop: both directions on one thread. One thread (rather than one per
+/// direction) matters on a busy machine: sending a frame runs the receiving namespace's stack
+/// inline, and the ACKs it produces are picked up in the same loop without a thread wake-up.
+fn relay_loop(
+    dirs: [Direction; 2],
+    socks: [OwnedFd; 2],
+    stop: &OwnedFd,
+    flag: &AtomicBool,
+    live: &[Arc<Mutex<Counters>>; 2],
+) {
+    let start = Instant::now();
+    let now_ns = || start.elapsed().as_nanos() as u64;
+    let mut buf = vec![0u8; MAX_FRAME];
+    let [d0, d1] = dirs;
+    let mut ports = [d0, d1].map(|d| Port {
+        d,
+        extra: Counters::default(),
+        warned_gso: false,
+    });
+    let fds = [socks[0].as_raw_fd(), socks[1].as_raw_fd()];
+    let mut last_publish = Instant::now();
+    while !flag.load(Ordering::Relaxed) {
+        let mut moved = 0;
+        for i in 0..2 {
+            moved += ports[i].rx(fds[i], &mut buf, &now_ns);
+            moved += ports[i].tx(fds[1 - i], now_ns());
+        }
         if last_publish.elapsed() >= Duration::from_millis(5) {
-            extra.kernel_rx_drops += kernel_drops(input.as_raw_fd());
-            publish(&d, &extra);
+            for i in 0..2 {
+                ports[i].extra.kernel_rx_drops += kernel_drops(fds[i]);
+                ports[i].publish(&live[i]);
+            }
             last_publish = Instant::now();
         }
+        if moved > 0 {
+            continue;
+        }
+        // Idle: sleep until input, the stop signal, or the next deadline.
+        let now = now_ns();
+        let timeout_ns = ports
+            .iter()
+            .filter_map(|p| p.d.next_deadline())
+            .min()
+            .map_or(100_000_000, |dl| dl.saturating_sub(now).min(100_000_000));
+        if timeout_ns == 0 {
+            continue;
+        }
+        let mut pfds = [fds[0], fds[1], stop.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let ts = libc::timespec {
+            tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: `pfds` and `ts` are valid for the call; no signal mask is changed.
+        unsafe { libc::ppoll(pfds.as_mut_ptr(), 3, &ts, std::ptr::null()) };
     }
-    d.discard();
-    extra.kernel_rx_drops += kernel_drops(input.as_raw_fd());
-    publish(&d, &extra);
+    for i in 0..2 {
+        ports[i].d.discard();
+        ports[i].extra.kernel_rx_drops += kernel_drops(fds[i]);
+        ports[i].publish(&live[i]);
+    }
 }
 
 #[cfg(test)]
