@@ -338,9 +338,7 @@ pub enum PreflightError {
     },
     #[error("{bdf}: the vfio-pci driver is not loaded; run `modprobe vfio-pci`, then `ioat-ctl bind {bdf}`")]
     VfioPciNotLoaded { bdf: Bdf },
-    #[error(
-        "{bdf}: bound to {current}, not vfio-pci; run `ioat-ctl bind {bdf}` (or by hand: {manual})"
-    )]
+    #[error("{bdf}: {current}, not to vfio-pci; run `ioat-ctl bind {bdf}` (or by hand: {manual})")]
     NotBound {
         bdf: Bdf,
         current: String,
@@ -454,8 +452,8 @@ impl Host {
             return Err(PreflightError::NotBound {
                 bdf: *bdf,
                 current: match &f.driver {
-                    Some(d) => format!("driver {d}"),
-                    None => "no driver".to_string(),
+                    Some(d) => format!("bound to driver {d}"),
+                    None => "not bound to any driver".to_string(),
                 },
                 manual: manual_bind_commands(bdf, f.driver.as_deref()),
             });
@@ -974,7 +972,7 @@ mod tests {
             .preflight(&b("0000:00:04.1"), &opts())
             .unwrap_err()
             .to_string();
-        assert!(m.contains("no driver"), "{m}");
+        assert!(m.contains("not bound to any driver"), "{m}");
         assert!(!m.contains("driver/unbind"), "{m}");
     }
 

@@ -380,9 +380,19 @@ impl VfioDevice {
                             .into(),
                     ));
                 }
-                let m = bar
-                    .map(.., Permissions::ReadWrite)
-                    .map_err(|e| bar_err(e.to_string()))?;
+                // Kernels without mappable MSI-X pages refuse an mmap that covers the MSI-X
+                // table (I/OAT keeps it at BAR0+0x1000); the registers live in the first page.
+                let m = match bar.map(.., Permissions::ReadWrite) {
+                    Ok(m) => m,
+                    Err(e) if bar.len() > FIRST_PAGE => {
+                        tracing::debug!(
+                            "full BAR{index} mmap refused ({e}); mapping its first page"
+                        );
+                        bar.map(..FIRST_PAGE, Permissions::ReadWrite)
+                            .map_err(|e| bar_err(e.to_string()))?
+                    }
+                    Err(e) => return Err(bar_err(e.to_string())),
+                };
                 BarMapping::Pci(m)
             }
             Backend::NoIommu(r) => {
@@ -395,19 +405,27 @@ impl VfioDevice {
                 if ri.flags & sys::VFIO_REGION_INFO_FLAG_MMAP == 0 {
                     return Err(bar_err("VFIO does not allow mmap of this BAR".into()));
                 }
-                let len = ri.size as usize;
-                // SAFETY: mapping a device region of the size VFIO reported at its offset in
-                // the device fd; the result is checked and unmapped in Drop.
-                let p = unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_SHARED,
-                        r.device.as_raw_fd(),
-                        ri.offset as libc::off_t,
-                    )
+                let mut len = ri.size as usize;
+                let map = |len: usize| {
+                    // SAFETY: mapping (part of) a device region VFIO reported, at its offset in
+                    // the device fd; the result is checked and unmapped in Drop.
+                    unsafe {
+                        libc::mmap(
+                            std::ptr::null_mut(),
+                            len,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_SHARED,
+                            r.device.as_raw_fd(),
+                            ri.offset as libc::off_t,
+                        )
+                    }
                 };
+                let mut p = map(len);
+                if p == libc::MAP_FAILED && len as u64 > FIRST_PAGE {
+                    // As above: the MSI-X table page may not be mappable.
+                    len = FIRST_PAGE as usize;
+                    p = map(len);
+                }
                 if p == libc::MAP_FAILED {
                     return Err(bar_err(std::io::Error::last_os_error().to_string()));
                 }
@@ -529,6 +547,9 @@ impl VfioDevice {
         })
     }
 }
+
+/// The first 4 KiB of a BAR: all I/OAT registers (general + channel 0, CB3.4 extras).
+const FIRST_PAGE: u64 = 0x1000;
 
 enum BarMapping {
     Pci(MappedOwningPciRegion),

@@ -135,8 +135,9 @@ pub fn open(dev: &str, opts: &DevOpts) -> Result<Target> {
         // help text states that the device can then write anywhere in physical memory.
         o = unsafe { o.i_understand_noiommu() };
     }
+    // Bus mastering is enabled by `Device::open`, only when DMA is about to be used; BAR
+    // reads (list, regs) need only the memory decode vfio-pci enables on open.
     let vfio = VfioDevice::open(&bdf, &o)?;
-    vfio.enable_bus_master(true)?;
     let bar = vfio.map_bar(0)?;
     let regs: Arc<dyn RegisterAccess> = bar;
     let mapper: Arc<dyn DmaMapper> = vfio.mapper();
