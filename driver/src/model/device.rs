@@ -517,11 +517,16 @@ impl ModelDevice {
         self.sh.cfg.chancnt as usize
     }
 
-    fn finish(&self, st: parking_lot::MutexGuard<'_, DevState>) {
+    /// Ends an access: releases the lock, wakes the engines after a write (reads change
+    /// nothing an engine waits for: pending resets complete on the engine's own timer), and
+    /// raises a strict-mode panic.
+    fn finish(&self, st: parking_lot::MutexGuard<'_, DevState>, wake: bool) {
         let mut st = st;
         let p = st.panic_pending.take();
         drop(st);
-        self.sh.cv.notify_all();
+        if wake {
+            self.sh.cv.notify_all();
+        }
         if let Some(msg) = p {
             panic!("I/OAT model strict mode: {msg}");
         }
@@ -583,7 +588,7 @@ impl ModelDevice {
                 v
             }
         };
-        self.finish(st);
+        self.finish(st, false);
         let mask = if width == 8 {
             u64::MAX
         } else {
@@ -638,7 +643,7 @@ impl ModelDevice {
             ),
             Some(h) => write_reg(sh, &mut st, h.def.reg, h.chan, h.byte, width, val, off),
         }
-        self.finish(st);
+        self.finish(st, true);
     }
 }
 
@@ -963,7 +968,7 @@ impl RegisterAccess for ModelDevice {
             }
             _ => 0,
         };
-        self.finish(st);
+        self.finish(st, false);
         v
     }
 
@@ -993,7 +998,7 @@ impl RegisterAccess for ModelDevice {
             ),
             _ => {}
         }
-        self.finish(st);
+        self.finish(st, true);
     }
 }
 
