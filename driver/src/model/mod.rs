@@ -1,4 +1,4 @@
-//! A software I/OAT (Crystal Beach DMA) device behind the same [`RegisterAccess`] trait as the
+//! A software I/OAT (Crystal Beach DMA) device behind the same [`RegisterAccess`](crate::regs::RegisterAccess) trait as the
 //! VFIO BAR mapping, strict enough that a driver passing it means something.
 //!
 //! What it models (see `docs/driver.md`, section "Device model", for the fidelity table):
@@ -233,7 +233,7 @@ impl std::fmt::Display for RuleTag {
     }
 }
 
-/// Whether a violation is a hard fault or a warning. Per the hardware-rules file: [stated]
+/// Whether a violation is a hard fault or a warning. Per the hardware-rules file: \[stated\]
 /// rules, and anything that makes the model raise a CHANERR bit, are errors; the rest warnings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Severity {
