@@ -219,8 +219,6 @@ const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const VNET_HDR_LEN: usize = 10;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-/// Largest frame read; anything bigger is a GSO super-frame or a misconfiguration.
-const MAX_FRAME: usize = 65_536 + 64;
 
 struct PacketSocket;
 
@@ -385,79 +383,138 @@ fn complete_csum(frame: &mut [u8], start: usize, off: usize) -> bool {
     true
 }
 
-enum Rx {
-    Frame(usize, [u8; VNET_HDR_LEN]),
-    Empty,
-    Error,
+/// Frames read or sent per syscall (`recvmmsg` / `sendmmsg`).
+const BATCH: usize = 64;
+/// Receive slot per frame: jumbo frames fit; anything longer is truncated and counted.
+const SLOT: usize = 16 * 1024;
+
+/// Receive buffers for one `recvmmsg` call.
+struct RxBatch {
+    bufs: Vec<u8>,
+    hdrs: Vec<[u8; VNET_HDR_LEN]>,
+    iovs: Vec<[libc::iovec; 2]>,
+    msgs: Vec<libc::mmsghdr>,
 }
 
-fn recv_one(fd: RawFd, hdr: &mut [u8; VNET_HDR_LEN], buf: &mut [u8]) -> Rx {
-    let mut iov = [
-        libc::iovec {
-            iov_base: hdr.as_mut_ptr().cast(),
-            iov_len: VNET_HDR_LEN,
-        },
-        libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        },
-    ];
-    // SAFETY: msghdr is plain data; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = 2;
-    // SAFETY: the iovecs point into `hdr` and `buf`, both live and writable for their lengths.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_TRUNC) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => Rx::Empty,
-            _ => Rx::Error,
+impl RxBatch {
+    fn new() -> RxBatch {
+        RxBatch {
+            bufs: vec![0u8; BATCH * SLOT],
+            hdrs: vec![[0u8; VNET_HDR_LEN]; BATCH],
+            iovs: Vec::with_capacity(BATCH),
+            // SAFETY: mmsghdr is plain data; all-zero is valid.
+            msgs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+        }
+    }
+
+    /// Reads up to `BATCH` frames; returns how many (0 when none are waiting or on error).
+    /// Frame `i` is `(msg_len, header, slot)`, via [`RxBatch::frame`].
+    fn recv(&mut self, fd: RawFd) -> usize {
+        self.iovs.clear();
+        for (h, b) in self.hdrs.iter_mut().zip(self.bufs.chunks_exact_mut(SLOT)) {
+            self.iovs.push([
+                libc::iovec {
+                    iov_base: h.as_mut_ptr().cast(),
+                    iov_len: VNET_HDR_LEN,
+                },
+                libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: SLOT,
+                },
+            ]);
+        }
+        for (m, iov) in self.msgs.iter_mut().zip(self.iovs.iter_mut()) {
+            // SAFETY: msghdr is plain data; all-zero is valid.
+            m.msg_hdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov.as_mut_ptr();
+            m.msg_hdr.msg_iovlen = 2;
+            m.msg_len = 0;
+        }
+        // SAFETY: every mmsghdr points at two iovecs into `hdrs`/`bufs`, which stay alive and
+        // unaliased for the call; MSG_TRUNC makes msg_len the real frame length.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
         };
+        // Errors (EAGAIN, or e.g. ENETDOWN reported once) mean "nothing now".
+        n.max(0) as usize
     }
-    let n = n as usize;
-    if n < VNET_HDR_LEN {
-        return Rx::Error;
+
+    /// Frame `i` of the last batch: (real length, virtio-net header, received bytes).
+    fn frame(&self, i: usize) -> (usize, [u8; VNET_HDR_LEN], &[u8]) {
+        let total = self.msgs[i].msg_len as usize;
+        let len = total.saturating_sub(VNET_HDR_LEN);
+        let got = len.min(SLOT);
+        (len, self.hdrs[i], &self.bufs[i * SLOT..i * SLOT + got])
     }
-    Rx::Frame(n - VNET_HDR_LEN, *hdr)
 }
 
-/// Sends one frame with an all-zero virtio-net header (no offloads). Retries briefly when the
-/// device queue is full; false when the frame could not be sent.
-fn send_one(fd: RawFd, frame: &[u8]) -> bool {
+/// Sends `frames` with all-zero virtio-net headers (no offloads) in `sendmmsg` batches. Retries
+/// briefly while the device is busy; returns how many frames could not be sent.
+fn send_batch(fd: RawFd, frames: &[Vec<u8>]) -> u64 {
     let hdr = [0u8; VNET_HDR_LEN];
-    let mut iov = [
-        libc::iovec {
-            iov_base: hdr.as_ptr() as *mut libc::c_void,
-            iov_len: VNET_HDR_LEN,
-        },
-        libc::iovec {
-            iov_base: frame.as_ptr() as *mut libc::c_void,
-            iov_len: frame.len(),
-        },
-    ];
-    // SAFETY: msghdr is plain data; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = 2;
-    for attempt in 0..200 {
-        // SAFETY: the iovecs point at `hdr` and `frame`, live for the call; the kernel only reads.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            return true;
+    let iovs: Vec<[libc::iovec; 2]> = frames
+        .iter()
+        .map(|f| {
+            [
+                libc::iovec {
+                    iov_base: hdr.as_ptr() as *mut libc::c_void,
+                    iov_len: VNET_HDR_LEN,
+                },
+                libc::iovec {
+                    iov_base: f.as_ptr() as *mut libc::c_void,
+                    iov_len: f.len(),
+                },
+            ]
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter()
+        .map(|iov| {
+            // SAFETY: mmsghdr is plain data; all-zero is valid.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            m.msg_hdr.msg_iovlen = 2;
+            m
+        })
+        .collect();
+    let mut failed = 0;
+    let mut at = 0;
+    let mut busy_retries = 0;
+    while at < msgs.len() {
+        let rest = &mut msgs[at..];
+        // SAFETY: each mmsghdr points at iovecs over `hdr` and a frame, all alive for the call;
+        // the kernel only reads them.
+        let n =
+            unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as u32, libc::MSG_DONTWAIT) };
+        if n > 0 {
+            at += n as usize;
+            busy_retries = 0;
+            continue;
         }
         match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) => {
-                if attempt < 20 {
+            Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) if busy_retries < 200 => {
+                busy_retries += 1;
+                if busy_retries < 20 {
                     std::thread::yield_now();
                 } else {
                     std::thread::sleep(Duration::from_micros(50));
                 }
             }
-            _ => return false,
+            // This frame is refused (EMSGSIZE, ...) or the device stayed busy: skip it.
+            _ => {
+                failed += 1;
+                at += 1;
+                busy_retries = 0;
+            }
         }
     }
-    false
+    failed
 }
 
 /// Per-direction shell state beside the pure core.
@@ -465,43 +522,41 @@ struct Port {
     d: Direction,
     extra: Counters,
     warned_gso: bool,
+    out: Vec<Vec<u8>>,
 }
 
 impl Port {
-    /// Reads up to a batch of frames from `input` into the core; returns how many were read.
-    fn rx(&mut self, input: RawFd, buf: &mut [u8], now: &dyn Fn() -> u64) -> usize {
-        let mut hdr = [0u8; VNET_HDR_LEN];
-        let mut n = 0;
-        while n < 64 {
-            match recv_one(input, &mut hdr, buf) {
-                // Errors (e.g. ENETDOWN) are reported once per occurrence; try again later.
-                Rx::Empty | Rx::Error => break,
-                Rx::Frame(len, h) => {
-                    n += 1;
-                    if len > buf.len() || h[1] != 0 {
-                        self.extra.gso_dropped += 1;
-                        self.extra.max_frame_len = self.extra.max_frame_len.max(len as u64);
-                        if !self.warned_gso {
-                            self.warned_gso = true;
-                            eprintln!(
-                                "relay: dropping GSO/GRO super-frames ({len} bytes): turn TSO off \
-                                 on the sender (`ethtool -K IF tso off gso off`) and GRO off on \
-                                 the relay's interfaces (`ethtool -K IF gro off`)"
-                            );
-                        }
-                        continue;
-                    }
-                    let mut frame = buf[..len].to_vec();
-                    if h[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-                        let cs = usize::from(u16::from_le_bytes([h[6], h[7]]));
-                        let co = usize::from(u16::from_le_bytes([h[8], h[9]]));
-                        if complete_csum(&mut frame, cs, co) {
-                            self.extra.csum_completed += 1;
-                        }
-                    }
-                    self.d.push(frame, now());
+    /// Reads one batch of frames from `input` into the core; returns how many were read.
+    fn rx(&mut self, input: RawFd, rxb: &mut RxBatch, now: &dyn Fn() -> u64) -> usize {
+        let n = rxb.recv(input);
+        if n == 0 {
+            return 0;
+        }
+        let t = now();
+        for i in 0..n {
+            let (len, h, bytes) = rxb.frame(i);
+            if len > bytes.len() || h[1] != 0 {
+                self.extra.gso_dropped += 1;
+                self.extra.max_frame_len = self.extra.max_frame_len.max(len as u64);
+                if !self.warned_gso {
+                    self.warned_gso = true;
+                    eprintln!(
+                        "relay: dropping GSO/GRO super-frames ({len} bytes): turn TSO off on the \
+                         sender (`ethtool -K IF tso off gso off`) and GRO off on the relay's \
+                         interfaces (`ethtool -K IF gro off`)"
+                    );
+                }
+                continue;
+            }
+            let mut frame = bytes.to_vec();
+            if h[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                let cs = usize::from(u16::from_le_bytes([h[6], h[7]]));
+                let co = usize::from(u16::from_le_bytes([h[8], h[9]]));
+                if complete_csum(&mut frame, cs, co) {
+                    self.extra.csum_completed += 1;
                 }
             }
+            self.d.push(frame, t);
         }
         n
     }
@@ -509,13 +564,20 @@ impl Port {
     /// Sends every frame due at `now` to `output`; returns how many left the core.
     fn tx(&mut self, output: RawFd, now: u64) -> usize {
         let mut n = 0;
-        while let Some(f) = self.d.pop_ready(now) {
-            n += 1;
-            if !send_one(output, &f) {
-                self.extra.send_errors += 1;
+        loop {
+            self.out.clear();
+            while self.out.len() < BATCH {
+                match self.d.pop_ready(now) {
+                    Some(f) => self.out.push(f),
+                    None => break,
+                }
             }
+            if self.out.is_empty() {
+                return n;
+            }
+            n += self.out.len();
+            self.extra.send_errors += send_batch(output, &self.out);
         }
-        n
     }
 
     fn publish(&self, live: &Mutex<Counters>) {
@@ -537,19 +599,20 @@ fn relay_loop(
 ) {
     let start = Instant::now();
     let now_ns = || start.elapsed().as_nanos() as u64;
-    let mut buf = vec![0u8; MAX_FRAME];
+    let mut rxb = RxBatch::new();
     let [d0, d1] = dirs;
     let mut ports = [d0, d1].map(|d| Port {
         d,
         extra: Counters::default(),
         warned_gso: false,
+        out: Vec::with_capacity(BATCH),
     });
     let fds = [socks[0].as_raw_fd(), socks[1].as_raw_fd()];
     let mut last_publish = Instant::now();
     while !flag.load(Ordering::Relaxed) {
         let mut moved = 0;
         for i in 0..2 {
-            moved += ports[i].rx(fds[i], &mut buf, &now_ns);
+            moved += ports[i].rx(fds[i], &mut rxb, &now_ns);
             moved += ports[i].tx(fds[1 - i], now_ns());
         }
         if last_publish.elapsed() >= Duration::from_millis(5) {
