@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use netrx_tests::netns::{
     require_root_or_skip, require_tools_or_skip, LinkOpts, Netns, ThreeHost, RECEIVER_ADDR,
+    RECEIVER_ADDR6,
 };
 use netrx_tests::relay::{Impairment, Relay, RelaySettings};
 use sha2::{Digest, Sha256};
@@ -332,4 +333,59 @@ fn relay_completes_partial_checksums_before_corrupting() {
     );
     assert!(c.a_to_b.csum_completed > 1000, "{c}");
     assert!(c.a_to_b.corrupted > 0, "{c}");
+}
+
+#[test]
+fn relay_impairs_ipv6_tcp_and_passes_neighbour_discovery() {
+    if !require_root_or_skip("relay_impairs_ipv6_tcp_and_passes_neighbour_discovery")
+        || !require_tools_or_skip(
+            "relay_impairs_ipv6_tcp_and_passes_neighbour_discovery",
+            &["ethtool"],
+        )
+    {
+        return;
+    }
+    let topo = ThreeHost::new(&LinkOpts {
+        ipv6: true,
+        ..LinkOpts::default()
+    })
+    .expect("three-host topology with IPv6");
+    let relay = Relay::start(&topo, RelaySettings::both(netem_like(), 5)).expect("relay");
+    let listener = topo
+        .receiver
+        .run(|| TcpListener::bind((RECEIVER_ADDR6, 0)))
+        .expect("bind [fd00:77::2]");
+    let port = listener.local_addr().unwrap().port();
+    let bytes: u64 = 16 << 20;
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        for _ in 0..=bytes {
+            match s.read(&mut buf).expect("read") {
+                0 => break,
+                k => h.update(&buf[..k]),
+            }
+        }
+        h.finalize()
+    });
+    let sent = topo.sender.run(|| {
+        let mut s =
+            TcpStream::connect_timeout(&(RECEIVER_ADDR6, port).into(), Duration::from_secs(10))
+                .expect("connect over IPv6 through the relay");
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        for i in 0..bytes / CHUNK as u64 {
+            fill_chunk(&mut buf, i);
+            s.write_all(&buf).expect("write");
+            h.update(&buf);
+        }
+        h.finalize()
+    });
+    assert_eq!(sent, reader.join().expect("reader"));
+    let c = relay.stop();
+    assert!(c.a_to_b.lost > 0 && c.a_to_b.reordered > 0, "{c}");
+    assert!(c.a_to_b.passthrough > 0, "neighbour discovery passed: {c}");
 }
