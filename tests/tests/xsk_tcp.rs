@@ -108,12 +108,13 @@ fn stream_mib() -> u64 {
 }
 
 /// Run `flows` kernel senders against a netrx receiver with `queues` queues.
-fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64) {
+fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64, mtu: u32) {
     if !netns::require_root_or_skip(test) {
         return;
     }
     let t = TwoHost::new(&LinkOpts {
         queues,
+        mtu,
         sender_tx_csum_off: true,
         ..LinkOpts::default()
     })
@@ -127,6 +128,8 @@ fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64) {
         .expect("sysctl net.core.txrehash=0 in the sender namespace");
     let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
     cfg.attach = AttachMode::Native;
+    // Frames above 3840 bytes need several 4 KiB chunks: scatter-gather.
+    cfg.socket.sg = mtu + 18 > cfg.socket.max_linear_frame();
     let mut svc = t
         .receiver
         .run(|| XdpService::open(&cfg))
@@ -139,6 +142,7 @@ fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64) {
     let ep_cfg = Config {
         // Each queue's UMEM has 4096 frames; keep the windows of its connections within it.
         rcvbuf: (8 << 20) / (flows as u32).div_ceil(queues).max(1),
+        mtu: mtu as u16,
         ..Config::default()
     };
     let pollers = poller::spawn(sockets, PollerConfig::default(), |q| {
@@ -234,7 +238,7 @@ fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64) {
 
 #[test]
 fn xsk_tcp_single_stream_sha256() {
-    run_streams("xsk_tcp_single_stream_sha256", 1, 1, stream_mib());
+    run_streams("xsk_tcp_single_stream_sha256", 1, 1, stream_mib(), 1500);
 }
 
 #[test]
@@ -244,5 +248,132 @@ fn xsk_tcp_16_streams_over_4_queues() {
         4,
         16,
         (stream_mib() / 16).max(1),
+        1500,
     );
+}
+
+#[test]
+fn xsk_tcp_mtu_3000_stream() {
+    run_streams("xsk_tcp_mtu_3000_stream", 1, 1, stream_mib() / 2, 3000);
+}
+
+#[test]
+fn xsk_tcp_mtu_9000_sg_stream() {
+    run_streams("xsk_tcp_mtu_9000_sg_stream", 1, 1, stream_mib() / 2, 9000);
+}
+
+/// Report (not a pass/fail speed check): one stream into netrx beside one stream into a kernel
+/// socket receiver under the same sender conditions (same veth, native XDP program attached,
+/// so the sender's TSO is off in both), as a ratio. Run with
+/// `cargo test --release -p netrx-tests --test xsk_tcp -- --ignored --nocapture`.
+#[test]
+#[ignore = "throughput report; run explicitly with --ignored --nocapture (release build)"]
+fn xsk_tcp_vs_kernel_report() {
+    if !netns::require_root_or_skip("xsk_tcp_vs_kernel_report") {
+        return;
+    }
+    let mib: u64 = std::env::var("NETRX_XSK_REPORT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let rounds = 3;
+    let mut netrx_gbps = Vec::new();
+    let mut kernel_gbps = Vec::new();
+    for _ in 0..rounds {
+        netrx_gbps.push(one_stream_gbps(mib, true));
+        kernel_gbps.push(one_stream_gbps(mib, false));
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (n, k) = (med(&mut netrx_gbps), med(&mut kernel_gbps));
+    eprintln!(
+        "single stream, MTU 1500, {mib} MiB, medians of {rounds}: netrx {n:.2} Gbit/s, \
+         kernel socket {k:.2} Gbit/s, ratio netrx/kernel {:.2} (runs: netrx {netrx_gbps:.2?}, \
+         kernel {kernel_gbps:.2?})",
+        n / k
+    );
+}
+
+/// One stream of `mib` MiB; `netrx` = into the AF_XDP receiver, else into a kernel socket with
+/// the same XDP program attached for another port.
+fn one_stream_gbps(mib: u64, netrx: bool) -> f64 {
+    let t = TwoHost::new(&LinkOpts {
+        sender_tx_csum_off: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology");
+    let port_for_xdp = if netrx { PORT } else { PORT + 1 };
+    let mut cfg = ServiceConfig::new(&t.receiver_if, port_for_xdp);
+    cfg.attach = AttachMode::Native;
+    let mut svc = t
+        .receiver
+        .run(|| XdpService::open(&cfg))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sockets = svc.take_sockets();
+    let (tx, rx) = mpsc::channel();
+    let origin = StdInstant::now();
+    let mut pollers = None;
+    let mut kernel = None;
+    if netrx {
+        pollers = Some(poller::spawn(sockets, PollerConfig::default(), |q| {
+            let mut ep = Endpoint::new(Config {
+                rcvbuf: 8 << 20,
+                ..Config::default()
+            });
+            ep.listen(PORT).unwrap();
+            TcpQueue::new(
+                ep,
+                HashApp {
+                    queue: q,
+                    conns: HashMap::new(),
+                    done: tx.clone(),
+                },
+                origin,
+            )
+        }));
+    } else {
+        drop(sockets);
+        let l = t
+            .receiver
+            .run(|| std::net::TcpListener::bind((RECEIVER_ADDR, PORT)))
+            .unwrap();
+        let tx = tx.clone();
+        kernel = Some(std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut n = 0u64;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        h.update(&buf[..k]);
+                        n += k as u64;
+                    }
+                }
+            }
+            let _ = tx.send(StreamResult {
+                queue: 0,
+                bytes: n,
+                sha: h.finalize().into(),
+                error: None,
+            });
+        }));
+    }
+    let start = StdInstant::now();
+    let sent = t.sender.run(|| send_stream(mib << 20, 7)).expect("send");
+    let elapsed = start.elapsed();
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("receiver result");
+    assert_eq!((got.bytes, got.sha), sent);
+    if let Some(p) = pollers {
+        p.stop();
+    }
+    if let Some(k) = kernel {
+        k.join().unwrap();
+    }
+    (mib << 20) as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
 }
