@@ -50,9 +50,10 @@ pub struct RegionInfo {
 /// An opened no-IOMMU container + group + device.
 #[derive(Debug)]
 pub struct RawDevice {
-    _container: File,
-    _group: File,
+    // Field order is drop order: the device fd is closed before its group and container.
     pub device: File,
+    _group: File,
+    _container: File,
     pub regions: Vec<RegionInfo>,
     /// Vectors per IRQ index (INTx, MSI, MSI-X).
     pub irq_counts: [u32; 3],

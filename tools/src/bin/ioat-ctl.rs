@@ -97,6 +97,10 @@ enum Cmd {
         /// Measuring time per size and method, milliseconds.
         #[arg(long, default_value_t = 40)]
         time_ms: u64,
+        /// Evict the caches before every measured round (cold buffers, as a fresh network
+        /// payload would be) instead of comparing against a cache-warm memcpy.
+        #[arg(long)]
+        cold: bool,
         /// Also write an SVG plot of bandwidth by size.
         #[arg(long)]
         svg: Option<std::path::PathBuf>,
@@ -170,6 +174,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             min_size,
             max_size,
             time_ms,
+            cold,
             svg,
             model_desc_ns,
             model_gbps,
@@ -196,6 +201,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     min_size: *min_size,
                     max_size: *max_size,
                     budget: Duration::from_millis(*time_ms),
+                    cold: *cold,
                 },
                 svg.as_deref(),
             )
@@ -588,7 +594,12 @@ fn cmd_bench(
     if cli.json {
         print_json(&rep)?;
     } else {
-        println!("bench of {} channel {}", rep.device, rep.channel);
+        println!(
+            "bench of {} channel {} ({} buffers)",
+            rep.device,
+            rep.channel,
+            if rep.cold { "cold" } else { "cache-warm" }
+        );
         if let Some(m) = &rep.model_timing {
             println!("DMA timing: {m}");
         }

@@ -46,6 +46,8 @@ pub struct BenchReport {
     /// Smallest size from which submitting a DMA copy costs the CPU less time than doing the
     /// memcpy itself, at every larger size (the offload break-even).
     pub crossover_cpu_cost_bytes: Option<u64>,
+    /// Whether caches were evicted before every round (`--cold`).
+    pub cold: bool,
 }
 
 /// Options.
@@ -56,6 +58,30 @@ pub struct BenchOpts {
     pub max_size: u64,
     /// Measuring time per size and method.
     pub budget: Duration,
+    /// Evict the caches (untimed) before every measured round, so both DMA and memcpy start
+    /// from memory, as a freshly received payload would, instead of from a warm cache.
+    pub cold: bool,
+}
+
+/// Writes one byte per cache line of a buffer larger than any last-level cache, which pushes
+/// the benchmark buffers out of the caches.
+struct Evictor(Vec<u8>);
+
+impl Evictor {
+    const LEN: usize = 96 << 20;
+
+    fn new(on: bool) -> Option<Evictor> {
+        on.then(|| Evictor(vec![1u8; Self::LEN]))
+    }
+
+    fn run(ev: &mut Option<Evictor>) {
+        if let Some(e) = ev {
+            for i in (0..Self::LEN).step_by(64) {
+                e.0[i] = e.0[i].wrapping_add(1);
+            }
+            std::hint::black_box(&e.0);
+        }
+    }
 }
 
 const BUF: usize = 4 << 20;
@@ -124,6 +150,7 @@ pub fn run(
     }
     let mut results = Vec::new();
     let mut out = Vec::with_capacity(MAX_BATCH);
+    let mut ev = Evictor::new(o.cold);
     for (idx, &size) in sizes.iter().enumerate() {
         let sz = size as usize;
         let batch = (BUF / sz).clamp(1, MAX_BATCH);
@@ -132,6 +159,7 @@ pub fn run(
         let (mut rounds_total, mut rounds_submit) = (Vec::new(), Vec::new());
         let t0 = Instant::now();
         while rounds_total.len() < 3 || (t0.elapsed() < o.budget && rounds_total.len() < 10_000) {
+            Evictor::run(&mut ev);
             let ts = Instant::now();
             for i in 0..batch {
                 let off = (i * sz) as u64;
@@ -149,6 +177,7 @@ pub fn run(
         let mut lat = Vec::new();
         let t0 = Instant::now();
         while lat.len() < 5 || (t0.elapsed() < o.budget / 2 && lat.len() < 2000) {
+            Evictor::run(&mut ev);
             let ts = Instant::now();
             ch.copy(src.iova(), dst.iova(), size)
                 .map_err(|e| anyhow::anyhow!("{label}: submit: {e}"))?;
@@ -162,6 +191,7 @@ pub fn run(
         let mut crounds = Vec::new();
         let t0 = Instant::now();
         while crounds.len() < 3 || (t0.elapsed() < o.budget && crounds.len() < 100_000) {
+            Evictor::run(&mut ev);
             let ts = Instant::now();
             for i in 0..batch {
                 // SAFETY: both regions are BUF bytes long and `i * sz + sz <= BUF`; no DMA is
@@ -181,6 +211,7 @@ pub fn run(
         let mut clat = Vec::new();
         let t0 = Instant::now();
         while clat.len() < 5 || (t0.elapsed() < o.budget / 4 && clat.len() < 2000) {
+            Evictor::run(&mut ev);
             let ts = Instant::now();
             // SAFETY: as above: in bounds, no DMA in flight, non-overlapping regions.
             unsafe { std::ptr::copy_nonoverlapping(std::hint::black_box(sp), dp, sz) };
@@ -219,6 +250,7 @@ pub fn run(
         results,
         crossover_bytes,
         crossover_cpu_cost_bytes,
+        cold: o.cold,
     })
 }
 

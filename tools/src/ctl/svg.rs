@@ -134,3 +134,41 @@ pub fn render(rep: &BenchReport) -> String {
     s.push_str("</svg>\n");
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::bench::{BenchReport, SizeResult};
+    use super::*;
+
+    #[test]
+    fn renders_both_lines_and_the_crossover() {
+        let results = (6..=10)
+            .map(|k| SizeResult {
+                size: 1 << k,
+                batch: 1,
+                dma_gbps: k as f64,
+                cpu_gbps: 8.0,
+                dma_latency_us: 1.0,
+                cpu_latency_us: 1.0,
+                dma_submit_ns: 100.0,
+                ratio: k as f64 / 8.0,
+            })
+            .collect();
+        let rep = BenchReport {
+            device: "model <skx>".into(),
+            channel: 0,
+            simulated: true,
+            model_timing: None,
+            results,
+            crossover_bytes: Some(256),
+            crossover_cpu_cost_bytes: Some(64),
+            cold: false,
+        };
+        let s = render(&rep);
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        assert_eq!(s.matches("<polyline").count(), 2);
+        assert!(s.contains("crossover 256 B"));
+        assert!(s.contains("model &lt;skx&gt;"), "title is escaped");
+        assert!(s.contains("SIMULATED"));
+    }
+}
