@@ -428,11 +428,6 @@ impl XskSocket {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
-    /// Host address and length of the UMEM (for registering it once with a DMA mapper).
-    /// Reach it only through raw pointers: the kernel writes frames that are in the fill ring.
-    pub fn umem_range(&self) -> (*mut u8, usize) {
-        (self.umem.base, self.umem.len)
-    }
     pub fn queue(&self) -> u32 {
         self.queue
     }
@@ -444,13 +439,6 @@ impl XskSocket {
     }
     pub fn stats(&self) -> XskStats {
         self.stats
-    }
-
-    /// Start address and length of the UMEM mapping (for registering it with a DMA engine).
-    /// It stays mapped at this address until the socket is dropped; the kernel writes frames
-    /// given to it (fill ring) at any time, so only frames the application holds may be read.
-    pub fn umem_range(&self) -> (*mut u8, usize) {
-        (self.umem.base, self.umem.len)
     }
 
     /// Put free frames (beyond the TX reserve) into the fill ring; wake the kernel if it asks.
