@@ -428,6 +428,12 @@ impl XskSocket {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+    /// Host address and length of the UMEM (for registering it once with a DMA mapper). It stays
+    /// mapped at this address until the socket drops. Reach it only through raw pointers: the
+    /// kernel writes frames that are in the fill ring at any time.
+    pub fn umem_range(&self) -> (*mut u8, usize) {
+        (self.umem.base, self.umem.len)
+    }
     pub fn queue(&self) -> u32 {
         self.queue
     }
