@@ -241,6 +241,22 @@ fn vfio_sequence(c: &mut Checks, bdf: &Bdf, noiommu: bool) {
             Err(format!("opened with noiommu {}", dev.is_noiommu()))
         },
     );
+    // The pre-flight refuses a device that is not what the caller expects (edu is no I/OAT) ...
+    c.check(
+        "preflight-wrong-device",
+        match VfioDevice::open(bdf, &VfioOpenOptions::ioat()) {
+            Ok(_) => Err("opened edu as an I/OAT device".into()),
+            Err(e) => Ok(format!("refused: {e}")),
+        },
+    );
+    // ... and a second open of a group this process holds fails with a message, not a hang.
+    c.check(
+        "vfio-group-busy",
+        match VfioDevice::open(bdf, &open_options(noiommu)) {
+            Ok(_) => Err("the group was opened twice".into()),
+            Err(e) => Ok(format!("refused: {e}")),
+        },
+    );
     if let Err(e) = dev.enable_bus_master(true) {
         c.check("bus-master", Err(e.to_string()));
         return;
