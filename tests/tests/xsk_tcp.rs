@@ -76,10 +76,11 @@ impl StreamApp for HashApp {
 /// Send `len` seeded random bytes to the receiver, then FIN, then wait for its FIN.
 /// Returns (bytes, sha256).
 fn send_stream(len: u64, seed: u64) -> std::io::Result<(u64, [u8; 32])> {
-    let mut s = TcpStream::connect_timeout(
-        &SocketAddr::from((RECEIVER_ADDR, PORT)),
-        Duration::from_secs(5),
-    )?;
+    send_stream_to(SocketAddr::from((RECEIVER_ADDR, PORT)), len, seed)
+}
+
+fn send_stream_to(to: SocketAddr, len: u64, seed: u64) -> std::io::Result<(u64, [u8; 32])> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
     s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -445,6 +446,57 @@ fn xsk_tcp_iperf2_client() {
         .expect("stream ended at the receiver");
     assert!(got.error.is_none(), "{got:?}");
     assert_eq!(got.bytes, (mib as u64) << 20, "exactly the requested bytes");
+    std::thread::sleep(Duration::from_millis(100));
+    for (mut sock, _) in pollers.stop() {
+        sock.check_no_leak().unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// IPv6: the program redirects IPv6 TCP to the port; neighbour discovery (ICMPv6) reaches the
+/// kernel; the endpoint answers over IPv6.
+#[test]
+fn xsk_tcp_ipv6_stream() {
+    if !netns::require_root_or_skip("xsk_tcp_ipv6_stream") {
+        return;
+    }
+    let t = TwoHost::new(&LinkOpts {
+        sender_tx_csum_off: true,
+        ipv6: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology");
+    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    cfg.attach = AttachMode::Native;
+    let mut svc = t
+        .receiver
+        .run(|| XdpService::open(&cfg))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sockets = svc.take_sockets();
+    let (tx, rx) = mpsc::channel();
+    let origin = StdInstant::now();
+    let pollers = poller::spawn(sockets, PollerConfig::default(), |q| {
+        let mut ep = Endpoint::new(Config::default());
+        ep.listen(PORT).unwrap();
+        TcpQueue::new(
+            ep,
+            HashApp {
+                queue: q,
+                conns: HashMap::new(),
+                done: tx.clone(),
+            },
+            origin,
+        )
+    });
+    let to = SocketAddr::from((netrx_tests::netns::RECEIVER_ADDR6, PORT));
+    let mib = if cfg!(debug_assertions) { 8 } else { 64 };
+    let sent = t
+        .sender
+        .run(move || send_stream_to(to, mib << 20, 6))
+        .expect("IPv6 stream");
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("stream ended at the receiver");
+    assert_eq!((got.bytes, got.sha), sent, "IPv6 stream intact");
     std::thread::sleep(Duration::from_millis(100));
     for (mut sock, _) in pollers.stop() {
         sock.check_no_leak().unwrap_or_else(|e| panic!("{e}"));
