@@ -1,5 +1,6 @@
 //! netrx: AF_XDP TCP receive with an I/OAT copy engine.
 pub mod copy;
+pub mod service;
 pub mod xsk;
 
 pub mod tcp;
