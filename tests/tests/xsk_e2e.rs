@@ -648,6 +648,29 @@ fn xsk_burst_accounting() {
     }
 }
 
+/// Generic (skb) mode works too and is reported as such.
+#[test]
+fn xsk_generic_mode() {
+    if !netns::require_root_or_skip("xsk_generic_mode") {
+        return;
+    }
+    let t = topo(1);
+    let mut svc = open_service(&t, None, AttachMode::Generic);
+    assert_eq!(svc.mode(), XdpMode::Generic);
+    let (shown, out) = xdp_shown(&t.receiver, &t.receiver_if);
+    assert!(
+        shown && out.contains("xdpgeneric"),
+        "ip link shows generic XDP:\n{out}"
+    );
+    let mut sock = svc.take_sockets().pop().unwrap();
+    send_syns(&t.sender, PORT, 2);
+    let syns = collect(&mut sock, 2, Duration::from_secs(5), |p| {
+        p.proto == 6 && p.dport == PORT
+    });
+    assert!(syns.len() >= 2, "SYNs in generic mode: {syns:?}");
+    sock.check_no_leak().unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Not a test on its own: the body of the child process of `xsk_sigkill_detaches`, selected by
 /// the environment. It attaches, reports, and waits to be killed.
 #[test]
