@@ -634,13 +634,13 @@ fn cmd_bench(
             )
         );
         println!(
-            "crossover (DMA bandwidth >= CPU memcpy from here up): {}",
+            "crossover (DMA bandwidth >= CPU memcpy, at two sizes in a row): {}",
             rep.crossover_bytes
                 .map(size_str)
                 .unwrap_or_else(|| "none in the measured range".into())
         );
         println!(
-            "offload break-even (submitting costs the CPU less than copying, from here up): {}",
+            "offload break-even (submitting costs the CPU less than copying, two sizes in a row): {}",
             rep.crossover_cpu_cost_bytes
                 .map(size_str)
                 .unwrap_or_else(|| "none in the measured range".into())
