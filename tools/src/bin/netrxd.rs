@@ -1,4 +1,249 @@
-fn main() {
-    eprintln!("netrxd: not yet implemented");
-    std::process::exit(2);
+//! netrxd: TCP receive daemon on AF_XDP with I/OAT copy offload, its stats client, and the
+//! seed's NET_DMA experiment in one command (`netrxd demo`). See `docs/netrxd.md`.
+
+#[path = "../netrxd/mod.rs"]
+#[allow(dead_code)]
+mod netrxd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Parser, Subcommand};
+
+use netrxd::config::{self, EngineSpec, FileConfig, FlagConfig, Settings};
+
+const AFTER_HELP: &str = "\
+Usage with a real I/OAT device:
+  1. bind the DMA function to vfio-pci:   ioat-ctl bind 0000:00:04.0
+  2. launch the daemon:                   netrxd run --iface eth1 --port 5001 --engine 0000:00:04.0 --policy adaptive
+  3. watch it:                            netrxd stats --iface eth1 --port 5001
+Without the hardware, --engine model uses the software I/OAT device (DMA timing simulated).
+Try everything at once (as root): netrxd demo";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netrxd",
+    version,
+    about = "TCP receive daemon on AF_XDP that offloads payload copies to an I/OAT DMA engine where it pays off",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Receive TCP on an interface and port until SIGINT/SIGTERM.
+    #[command(after_help = AFTER_HELP)]
+    Run(Box<RunArgs>),
+    /// Print a running daemon's stats (from its Unix stats socket).
+    Stats {
+        /// The stats socket (default /run/netrxd/IFACE-PORT.sock, or the only one there).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        iface: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The seed's experiment: iperf 2 (-w 250K -l 2M) against cpu, netdma, netdma + rcvlowat
+    /// 200 KB, adaptive and a kernel socket receiver, in private network namespaces (as root).
+    Demo {
+        /// Seconds of iperf per configuration.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
+        /// JSON on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// model[:skx|bdx|icx] (DMA timing simulated) or the PCI address of a device bound to
+        /// vfio-pci (`ioat-ctl bind BDF`).
+        #[arg(long, default_value = "model")]
+        engine: String,
+        /// Log level of the receive service during the demo.
+        #[arg(long, default_value = "warn")]
+        log: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Interface to receive on.
+    #[arg(long)]
+    iface: Option<String>,
+    /// TCP port to receive.
+    #[arg(long)]
+    port: Option<u16>,
+    /// RX queues to serve (0..N-1). Default 1.
+    #[arg(long)]
+    queues: Option<u32>,
+    /// cpu | model[:skx|bdx|icx] | BDF (a device bound with `ioat-ctl bind BDF`). Default cpu.
+    #[arg(long)]
+    engine: Option<String>,
+    /// cpu | netdma | adaptive. Default: adaptive with a DMA engine, cpu without.
+    #[arg(long)]
+    policy: Option<String>,
+    /// Segments up to this size are copied by CPU (e.g. 4096, 4K).
+    #[arg(long)]
+    copybreak: Option<String>,
+    /// Receive buffer (window) per connection (e.g. 250K, 2M).
+    #[arg(long)]
+    rcvbuf: Option<String>,
+    /// Minimum bytes a receive waits for (SO_RCVLOWAT; e.g. 200K).
+    #[arg(long)]
+    rcvlowat: Option<String>,
+    /// Bytes asked for per receive call (default 2M).
+    #[arg(long)]
+    recv_size: Option<String>,
+    /// discard | dir:PATH (one file per connection, renamed into place on clean end of stream).
+    #[arg(long)]
+    sink: Option<String>,
+    /// TOML config file; flags override its keys (see docs/netrxd.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG wins when set.
+    #[arg(long)]
+    log: Option<String>,
+    /// Serve Prometheus text on this loopback address (127.0.0.1:PORT).
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Unix stats socket (default /run/netrxd/IFACE-PORT.sock).
+    #[arg(long)]
+    stats_socket: Option<PathBuf>,
+    /// On SIGINT/SIGTERM, let open connections finish for this long before cutting them.
+    #[arg(long)]
+    drain_timeout_ms: Option<u64>,
+}
+
+fn init_logs(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netrxd: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run(a) => {
+            let file = match &a.config {
+                Some(p) => FileConfig::load(p)?,
+                None => FileConfig::default(),
+            };
+            let flags = FlagConfig {
+                iface: a.iface,
+                port: a.port,
+                queues: a.queues,
+                engine: a.engine,
+                policy: a.policy,
+                copybreak: a.copybreak,
+                rcvbuf: a.rcvbuf,
+                rcvlowat: a.rcvlowat,
+                recv_size: a.recv_size,
+                sink: a.sink,
+                log: a.log,
+                metrics: a.metrics,
+                stats_socket: a.stats_socket,
+                drain_timeout_ms: a.drain_timeout_ms,
+            };
+            let s = Settings::merge(flags, file)?;
+            init_logs(&s.log);
+            netrxd::daemon::run(s)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stats {
+            socket,
+            iface,
+            port,
+            json,
+        } => {
+            let path = match (socket, iface, port) {
+                (Some(p), _, _) => p,
+                (None, Some(i), Some(p)) => config::default_stats_socket(&i, p),
+                (None, None, None) => only_socket()?,
+                _ => bail!("pass both --iface and --port, or --socket PATH"),
+            };
+            let snap = netrxd::stats::query_unix(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snap)?);
+            } else {
+                print!("{}", snap.table());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo {
+            seconds,
+            json,
+            engine,
+            log,
+        } => {
+            init_logs(&log);
+            let engine: EngineSpec = engine.parse()?;
+            let report = match netrxd::demo::run(netrxd::demo::DemoOpts {
+                seconds,
+                json,
+                engine,
+            }) {
+                Ok(r) => r,
+                Err(e) if netrxd::signals::stop_requested() => {
+                    eprintln!("netrxd demo: {e:#}");
+                    return Ok(ExitCode::from(130));
+                }
+                Err(e) => return Err(e),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", netrxd::demo::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The only socket in /run/netrxd, if exactly one.
+fn only_socket() -> Result<PathBuf> {
+    let dir = std::path::Path::new(config::RUN_DIR);
+    let socks: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| {
+            anyhow!(
+                "no daemon found ({}: {e}); is `netrxd run` running?",
+                dir.display()
+            )
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect();
+    match socks.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "no stats socket in {}; is `netrxd run` running?",
+            dir.display()
+        ),
+        _ => bail!(
+            "several daemons run ({}); pick one with --iface IF --port P or --socket PATH",
+            socks
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

@@ -1,0 +1,480 @@
+//! Settings of `netrxd run`: a TOML file, overridden flag by flag by the command line.
+//!
+//! Everything here is pure (parsing and merging); the daemon turns [`Settings`] into a
+//! `netrx::service` configuration.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use netrx::copy::PolicyKind;
+use serde::Deserialize;
+
+/// Default directory of the stats sockets.
+pub const RUN_DIR: &str = "/run/netrxd";
+/// Default receive size per `recv` call (iperf 2's `-l 2M` on the reading side).
+pub const DEFAULT_RECV_SIZE: usize = 2 << 20;
+
+/// Which copy engine moves payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineSpec {
+    /// CPU memcpy only.
+    Cpu,
+    /// The driver's software I/OAT device (DMA timing simulated), with a preset name.
+    Model { preset: String },
+    /// Real I/OAT functions bound to vfio-pci, by PCI address (comma-separated: one per queue).
+    Device { bdf: String },
+    /// The null engine (tests).
+    Null,
+}
+
+impl FromStr for EngineSpec {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        match s {
+            "cpu" => return Ok(EngineSpec::Cpu),
+            "null" => return Ok(EngineSpec::Null),
+            "model" => {
+                return Ok(EngineSpec::Model {
+                    preset: "skx".into(),
+                })
+            }
+            _ => {}
+        }
+        if let Some(p) = s.strip_prefix("model:") {
+            return match p {
+                "skx" | "bdx" | "icx" => Ok(EngineSpec::Model { preset: p.into() }),
+                _ => bail!("unknown model preset {p:?}; use model:skx, model:bdx or model:icx"),
+            };
+        }
+        if s.split(',').all(looks_like_bdf) {
+            return Ok(EngineSpec::Device { bdf: s.into() });
+        }
+        bail!(
+            "unknown engine {s:?}; use cpu, model[:skx|bdx|icx], or a PCI address like \
+             0000:00:04.0 (bind it first: `ioat-ctl bind 0000:00:04.0`)"
+        )
+    }
+}
+
+impl fmt::Display for EngineSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineSpec::Cpu => f.write_str("cpu"),
+            EngineSpec::Null => f.write_str("null"),
+            EngineSpec::Model { preset } => write!(f, "model:{preset}"),
+            EngineSpec::Device { bdf } => f.write_str(bdf),
+        }
+    }
+}
+
+/// `DDDD:BB:DD.F` or `BB:DD.F`, hex digits.
+fn looks_like_bdf(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (bus, devfn) = match parts.as_slice() {
+        [d, b, df] if d.len() == 4 && d.chars().all(|c| c.is_ascii_hexdigit()) => (*b, *df),
+        [b, df] => (*b, *df),
+        _ => return false,
+    };
+    let Some((dev, func)) = devfn.split_once('.') else {
+        return false;
+    };
+    bus.len() == 2
+        && dev.len() == 2
+        && func.len() == 1
+        && [bus, dev, func]
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Where received bytes go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// Read and drop (benchmarking, like iperf's server).
+    Discard,
+    /// One file per connection in this directory.
+    Dir(PathBuf),
+}
+
+impl FromStr for SinkSpec {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "discard" {
+            return Ok(SinkSpec::Discard);
+        }
+        if let Some(p) = s.strip_prefix("dir:") {
+            if p.is_empty() {
+                bail!("sink `dir:` needs a directory, e.g. dir:/var/lib/netrxd");
+            }
+            return Ok(SinkSpec::Dir(PathBuf::from(p)));
+        }
+        bail!("unknown sink {s:?}; use discard or dir:PATH")
+    }
+}
+
+impl fmt::Display for SinkSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkSpec::Discard => f.write_str("discard"),
+            SinkSpec::Dir(p) => write!(f, "dir:{}", p.display()),
+        }
+    }
+}
+
+/// A byte size: `262144`, `250K`, `250KB`, `2M`, `2MiB`, `1G` (K = 1024).
+pub fn parse_size(s: &str) -> Result<usize> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| anyhow!("bad size {s:?}; use a byte count like 262144, 250K or 2M"))?;
+    let mult: usize = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        u => bail!("bad size unit {u:?} in {s:?}; use K, M or G (powers of 1024)"),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow!("size {s:?} is too large"))
+}
+
+/// A size in the TOML file: an integer or a string with a unit.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeValue {
+    fn get(&self, key: &str) -> Result<usize> {
+        match self {
+            SizeValue::Bytes(b) => usize::try_from(*b).map_err(|_| anyhow!("{key}: too large")),
+            SizeValue::Text(t) => parse_size(t).with_context(|| format!("in `{key}`")),
+        }
+    }
+}
+
+/// The TOML file (`--config`). Every key is optional; flags win.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub iface: Option<String>,
+    pub port: Option<u16>,
+    pub queues: Option<u32>,
+    pub engine: Option<String>,
+    pub policy: Option<String>,
+    pub copybreak: Option<SizeValue>,
+    pub rcvbuf: Option<SizeValue>,
+    pub rcvlowat: Option<SizeValue>,
+    pub recv_size: Option<SizeValue>,
+    pub sink: Option<String>,
+    pub log: Option<String>,
+    pub metrics: Option<String>,
+    pub stats_socket: Option<PathBuf>,
+    pub drain_timeout_ms: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str) -> Result<FileConfig> {
+        toml::from_str(text).map_err(|e| anyhow!("{e}"))
+    }
+
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        FileConfig::parse(&text).with_context(|| {
+            format!(
+                "bad config file {} (see docs/netrxd.example.toml)",
+                path.display()
+            )
+        })
+    }
+}
+
+/// Flags of `netrxd run` as given (all optional so the file can fill them).
+#[derive(Clone, Debug, Default)]
+pub struct FlagConfig {
+    pub iface: Option<String>,
+    pub port: Option<u16>,
+    pub queues: Option<u32>,
+    pub engine: Option<String>,
+    pub policy: Option<String>,
+    pub copybreak: Option<String>,
+    pub rcvbuf: Option<String>,
+    pub rcvlowat: Option<String>,
+    pub recv_size: Option<String>,
+    pub sink: Option<String>,
+    pub log: Option<String>,
+    pub metrics: Option<String>,
+    pub stats_socket: Option<PathBuf>,
+    pub drain_timeout_ms: Option<u64>,
+}
+
+/// The merged, validated settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub iface: String,
+    pub port: u16,
+    pub queues: u32,
+    pub engine: EngineSpec,
+    pub policy: PolicyKind,
+    /// `None`: the policy's default (NET_DMA's 4096 for netdma; measured for adaptive).
+    pub copybreak: Option<usize>,
+    pub rcvbuf: Option<usize>,
+    pub rcvlowat: Option<usize>,
+    pub recv_size: usize,
+    pub sink: SinkSpec,
+    pub log: String,
+    pub metrics: Option<SocketAddr>,
+    pub stats_socket: PathBuf,
+    pub drain_timeout_ms: u64,
+}
+
+/// A `--metrics` address: loopback only.
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr> {
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|_| anyhow!("bad metrics address {s:?}; use 127.0.0.1:PORT or [::1]:PORT"))?;
+    if !a.ip().is_loopback() {
+        bail!(
+            "metrics address {a} is not a loopback address: netrxd serves metrics on loopback only \
+             (use 127.0.0.1:PORT or [::1]:PORT, and let a local Prometheus agent or a proxy export them)"
+        );
+    }
+    Ok(a)
+}
+
+/// Default stats socket of an interface and port.
+pub fn default_stats_socket(iface: &str, port: u16) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{iface}-{port}.sock"))
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
+    flag.or(file)
+}
+
+fn size(flag: Option<String>, file: Option<SizeValue>, key: &str) -> Result<Option<usize>> {
+    match (flag, file) {
+        (Some(f), _) => parse_size(&f)
+            .map(Some)
+            .with_context(|| format!("in --{key}")),
+        (None, Some(v)) => v.get(key).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+impl Settings {
+    /// Flags override the file; validates everything and names the fix on error.
+    pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<Settings> {
+        let iface = pick(flags.iface, file.iface).ok_or_else(|| {
+            anyhow!("no interface: pass --iface IF (or `iface = \"IF\"` in the config file)")
+        })?;
+        if iface.is_empty() || iface.len() > 15 {
+            bail!("interface name {iface:?} must be 1..=15 bytes");
+        }
+        let port = pick(flags.port, file.port)
+            .ok_or_else(|| anyhow!("no port: pass --port P (or `port = P` in the config file)"))?;
+        if port == 0 {
+            bail!("port 0 is not a listening port; pass --port 1..=65535");
+        }
+        let queues = pick(flags.queues, file.queues).unwrap_or(1);
+        if queues == 0 || queues > 64 {
+            bail!("--queues must be 1..=64, got {queues}");
+        }
+        let engine: EngineSpec = match pick(flags.engine, file.engine) {
+            Some(e) => e.parse()?,
+            None => EngineSpec::Cpu,
+        };
+        let policy: PolicyKind = match pick(flags.policy, file.policy) {
+            Some(p) => p.parse().map_err(|e: String| anyhow!(e))?,
+            None => {
+                if engine == EngineSpec::Cpu {
+                    PolicyKind::Cpu
+                } else {
+                    PolicyKind::Adaptive
+                }
+            }
+        };
+        if engine == EngineSpec::Cpu && policy != PolicyKind::Cpu {
+            bail!(
+                "policy {policy} needs a DMA engine: pass --engine model (simulated) or \
+                 --engine BDF (a device bound with `ioat-ctl bind BDF`), or use --policy cpu"
+            );
+        }
+        let copybreak = size(flags.copybreak, file.copybreak, "copybreak")?;
+        let rcvbuf = size(flags.rcvbuf, file.rcvbuf, "rcvbuf")?;
+        let rcvlowat = size(flags.rcvlowat, file.rcvlowat, "rcvlowat")?;
+        let recv_size =
+            size(flags.recv_size, file.recv_size, "recv-size")?.unwrap_or(DEFAULT_RECV_SIZE);
+        if recv_size == 0 || recv_size > 1 << 30 {
+            bail!("--recv-size must be 1 byte ..= 1G, got {recv_size}");
+        }
+        if let Some(b) = rcvbuf {
+            if b < 4096 {
+                bail!("--rcvbuf {b} is too small; use at least 4K");
+            }
+        }
+        let sink: SinkSpec = match pick(flags.sink, file.sink) {
+            Some(s) => s.parse()?,
+            None => SinkSpec::Discard,
+        };
+        let log = pick(flags.log, file.log).unwrap_or_else(|| "info".into());
+        let metrics = match pick(flags.metrics, file.metrics) {
+            Some(m) => Some(parse_metrics_addr(&m)?),
+            None => None,
+        };
+        let stats_socket = pick(flags.stats_socket, file.stats_socket)
+            .unwrap_or_else(|| default_stats_socket(&iface, port));
+        let drain_timeout_ms = pick(flags.drain_timeout_ms, file.drain_timeout_ms).unwrap_or(2000);
+        Ok(Settings {
+            iface,
+            port,
+            queues,
+            engine,
+            policy,
+            copybreak,
+            rcvbuf,
+            rcvlowat,
+            recv_size,
+            sink,
+            log,
+            metrics,
+            stats_socket,
+            drain_timeout_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("262144").unwrap(), 262144);
+        assert_eq!(parse_size("250K").unwrap(), 256000);
+        assert_eq!(parse_size("200KB").unwrap(), 204800);
+        assert_eq!(parse_size("2M").unwrap(), 2 << 20);
+        assert_eq!(parse_size("2MiB").unwrap(), 2 << 20);
+        assert!(parse_size("2X").unwrap_err().to_string().contains("unit"));
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn engines() {
+        assert_eq!("cpu".parse::<EngineSpec>().unwrap(), EngineSpec::Cpu);
+        assert_eq!(
+            "model".parse::<EngineSpec>().unwrap(),
+            EngineSpec::Model {
+                preset: "skx".into()
+            }
+        );
+        assert_eq!(
+            "model:icx".parse::<EngineSpec>().unwrap(),
+            EngineSpec::Model {
+                preset: "icx".into()
+            }
+        );
+        assert_eq!(
+            "0000:00:04.0".parse::<EngineSpec>().unwrap(),
+            EngineSpec::Device {
+                bdf: "0000:00:04.0".into()
+            }
+        );
+        let e = "gpu".parse::<EngineSpec>().unwrap_err().to_string();
+        assert!(e.contains("ioat-ctl bind"), "{e}");
+        assert!("model:zzz".parse::<EngineSpec>().is_err());
+    }
+
+    #[test]
+    fn sinks() {
+        assert_eq!("discard".parse::<SinkSpec>().unwrap(), SinkSpec::Discard);
+        assert_eq!(
+            "dir:/tmp/x".parse::<SinkSpec>().unwrap(),
+            SinkSpec::Dir("/tmp/x".into())
+        );
+        assert!("dir:".parse::<SinkSpec>().is_err());
+        assert!("file:/x".parse::<SinkSpec>().is_err());
+    }
+
+    #[test]
+    fn metrics_loopback_only() {
+        assert!(parse_metrics_addr("127.0.0.1:9477").is_ok());
+        assert!(parse_metrics_addr("[::1]:9477").is_ok());
+        let e = parse_metrics_addr("0.0.0.0:9477").unwrap_err().to_string();
+        assert!(e.contains("loopback"), "{e}");
+        assert!(parse_metrics_addr("10.0.0.1:80").is_err());
+        assert!(parse_metrics_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = FileConfig::parse(
+            r#"
+            iface = "eth1"
+            port = 5001
+            engine = "model:bdx"
+            policy = "netdma"
+            rcvlowat = "200K"
+            rcvbuf = 262144
+            sink = "dir:/srv/in"
+            metrics = "127.0.0.1:9477"
+            "#,
+        )
+        .unwrap();
+        let flags = FlagConfig {
+            port: Some(6000),
+            policy: Some("adaptive".into()),
+            ..FlagConfig::default()
+        };
+        let s = Settings::merge(flags, file).unwrap();
+        assert_eq!(s.iface, "eth1");
+        assert_eq!(s.port, 6000);
+        assert_eq!(s.policy, PolicyKind::Adaptive);
+        assert_eq!(
+            s.engine,
+            EngineSpec::Model {
+                preset: "bdx".into()
+            }
+        );
+        assert_eq!(s.rcvlowat, Some(200 << 10));
+        assert_eq!(s.rcvbuf, Some(262144));
+        assert_eq!(s.sink, SinkSpec::Dir("/srv/in".into()));
+        assert_eq!(s.stats_socket, PathBuf::from("/run/netrxd/eth1-6000.sock"));
+        assert_eq!(s.recv_size, DEFAULT_RECV_SIZE);
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = Settings::merge(FlagConfig::default(), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--iface"), "{e}");
+        let flags = FlagConfig {
+            iface: Some("eth0".into()),
+            port: Some(1),
+            policy: Some("netdma".into()),
+            ..FlagConfig::default()
+        };
+        let e = Settings::merge(flags, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--engine model"), "{e}");
+        let e = FileConfig::parse("bogus = 1").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../../docs/netrxd.example.toml");
+        let f = FileConfig::parse(text).unwrap();
+        let s = Settings::merge(FlagConfig::default(), f).unwrap();
+        assert!(s.metrics.unwrap().ip().is_loopback());
+    }
+}

@@ -1,0 +1,135 @@
+//! The netrx receive service (`netrx::service`) behind [`RxListener`]/[`RxConn`].
+//!
+//! Each connection receives into a registered buffer from the listener's pool (DMA-eligible
+//! under the policy); when the pool is exhausted it falls back to a plain buffer (CPU copies).
+//! A receive blocks until the copier's wakeup rule fires; dropping the listener stops the
+//! pollers, which ends every blocked receive with `ConnectionAborted`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use netrx::service::{EngineKind, Listener, RegisteredBuf, ServiceConfig, Stream};
+
+use super::config::{EngineSpec, Settings};
+use super::rx::{RxConn, RxListener};
+use super::stats::CopyCounters;
+
+/// Maps the daemon's engine setting to the service's.
+pub fn engine_kind(e: &EngineSpec) -> Result<EngineKind> {
+    match e {
+        EngineSpec::Cpu => Ok(EngineKind::Cpu),
+        EngineSpec::Null => Ok(EngineKind::Null),
+        EngineSpec::Model { preset } => format!("model:{preset}")
+            .parse()
+            .map_err(|e: String| anyhow!(e)),
+        EngineSpec::Device { bdf } => bdf.parse().map_err(|e: String| anyhow!(e)),
+    }
+}
+
+/// The service configuration for `s`.
+pub fn service_config(s: &Settings) -> Result<ServiceConfig> {
+    let mut cfg = ServiceConfig::new(&s.iface, s.port);
+    cfg.queues = Some((0..s.queues).collect());
+    cfg.engine = engine_kind(&s.engine)?;
+    if let EngineKind::Vfio { bdfs } = &cfg.engine {
+        if bdfs.len() < s.queues as usize {
+            return Err(anyhow!(
+                "--queues {} needs one I/OAT function per queue; --engine names {} ({}). \
+                 Pass a comma-separated list of BDFs bound with `ioat-ctl bind`",
+                s.queues,
+                bdfs.len(),
+                bdfs.join(",")
+            ));
+        }
+    }
+    cfg.policy = s.policy;
+    if let Some(c) = s.copybreak {
+        cfg.copybreak = c;
+    }
+    if let Some(b) = s.rcvbuf {
+        cfg.rcvbuf = b;
+    }
+    cfg.rcvlowat = s.rcvlowat.unwrap_or(1).max(1);
+    cfg.pool_buffer_size = s.recv_size;
+    // Keep the pool's memory bounded (pool_buffers x recv_size bytes, mapped once).
+    cfg.pool_buffers = ((256usize << 20) / s.recv_size.max(1)).clamp(4, 64);
+    Ok(cfg)
+}
+
+/// Binds the service on `s.iface`/`s.port` with the engine, policy and per-stream options of `s`.
+/// Must run on a thread inside the interface's network namespace.
+pub fn bind(s: &Settings) -> Result<Box<dyn RxListener>> {
+    let cfg = service_config(s)?;
+    let l = Listener::bind(cfg).map_err(|e| anyhow!("{e}"))?;
+    tracing::info!(mode = ?l.xdp_mode(), queues = ?l.queues(), engine = %l.engine(), policy = %l.policy(), "netrx service bound");
+    Ok(Box::new(NetrxListener {
+        l,
+        recv_size: s.recv_size,
+    }))
+}
+
+pub struct NetrxListener {
+    l: Listener,
+    recv_size: usize,
+}
+
+impl RxListener for NetrxListener {
+    fn accept(&mut self, timeout: Duration) -> io::Result<Option<Box<dyn RxConn>>> {
+        match self.l.accept_timeout(timeout) {
+            Ok(s) => {
+                let buf = self.l.buffers().take();
+                Ok(Some(Box::new(NetrxConn {
+                    s,
+                    buf,
+                    plain: Vec::new(),
+                    recv_size: self.recv_size,
+                })))
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn copy_counters(&self) -> Option<CopyCounters> {
+        Some(CopyCounters::from_copy_stats(&self.l.stats().total))
+    }
+}
+
+struct NetrxConn {
+    s: Stream,
+    /// The registered buffer (None: the pool was empty; plain CPU receives then).
+    buf: Option<RegisteredBuf>,
+    plain: Vec<u8>,
+    recv_size: usize,
+}
+
+impl RxConn for NetrxConn {
+    fn peer(&self) -> Option<SocketAddr> {
+        Some(self.s.peer_addr())
+    }
+
+    fn recv_into(
+        &mut self,
+        _timeout: Duration,
+        f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        match self.buf.take() {
+            Some(b) => {
+                let (b, n) = self.s.recv_registered(b)?;
+                let r = f(&b.as_slice()[..n]);
+                self.buf = Some(b);
+                r.map(|()| n)
+            }
+            None => {
+                if self.plain.is_empty() {
+                    self.plain = vec![0u8; self.recv_size];
+                }
+                let n = self.s.recv(&mut self.plain)?;
+                f(&self.plain[..n])?;
+                Ok(n)
+            }
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! Stats of a running daemon: a snapshot type, its table and Prometheus renderings, the Unix
+//! stats socket (`netrxd stats`) and the loopback metrics endpoint (`--metrics`).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Copy-path counters, as the service reports them (bytes by path, DMA ops, wakeups, copy time).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CopyCounters {
+    pub bytes_cpu: u64,
+    pub bytes_dma: u64,
+    pub bytes_redo: u64,
+    pub dma_ops: u64,
+    pub doorbells: u64,
+    pub dma_errors: u64,
+    pub dma_timeouts: u64,
+    pub cpu_redos: u64,
+    pub busy_fallbacks: u64,
+    pub wake_full: u64,
+    pub wake_psh: u64,
+    pub wake_pressure: u64,
+    pub wake_lowat: u64,
+    pub recvs: u64,
+    pub copy_ns: u64,
+}
+
+impl CopyCounters {
+    pub fn from_copy_stats(c: &netrx::copy::CopyStats) -> CopyCounters {
+        CopyCounters {
+            bytes_cpu: c.bytes_cpu,
+            bytes_dma: c.bytes_dma,
+            bytes_redo: c.bytes_redo,
+            dma_ops: c.dma_ops,
+            doorbells: c.doorbells,
+            dma_errors: c.dma_errors,
+            dma_timeouts: c.dma_timeouts,
+            cpu_redos: c.cpu_redos,
+            busy_fallbacks: c.busy_fallbacks,
+            wake_full: c.wake_full,
+            wake_psh: c.wake_psh,
+            wake_pressure: c.wake_pressure,
+            wake_lowat: c.wake_lowat,
+            recvs: c.recvs,
+            copy_ns: c.copy_ns,
+        }
+    }
+
+    /// Share of payload bytes moved by DMA, 0..=1.
+    pub fn dma_share(&self) -> f64 {
+        let t = self.bytes_cpu + self.bytes_dma;
+        if t == 0 {
+            0.0
+        } else {
+            self.bytes_dma as f64 / t as f64
+        }
+    }
+
+    pub fn mean_dma_size(&self) -> f64 {
+        if self.dma_ops == 0 {
+            0.0
+        } else {
+            self.bytes_dma as f64 / self.dma_ops as f64
+        }
+    }
+
+    /// `self - earlier`, saturating (counters only grow).
+    pub fn since(&self, e: &CopyCounters) -> CopyCounters {
+        CopyCounters {
+            bytes_cpu: self.bytes_cpu.saturating_sub(e.bytes_cpu),
+            bytes_dma: self.bytes_dma.saturating_sub(e.bytes_dma),
+            bytes_redo: self.bytes_redo.saturating_sub(e.bytes_redo),
+            dma_ops: self.dma_ops.saturating_sub(e.dma_ops),
+            doorbells: self.doorbells.saturating_sub(e.doorbells),
+            dma_errors: self.dma_errors.saturating_sub(e.dma_errors),
+            dma_timeouts: self.dma_timeouts.saturating_sub(e.dma_timeouts),
+            cpu_redos: self.cpu_redos.saturating_sub(e.cpu_redos),
+            busy_fallbacks: self.busy_fallbacks.saturating_sub(e.busy_fallbacks),
+            wake_full: self.wake_full.saturating_sub(e.wake_full),
+            wake_psh: self.wake_psh.saturating_sub(e.wake_psh),
+            wake_pressure: self.wake_pressure.saturating_sub(e.wake_pressure),
+            wake_lowat: self.wake_lowat.saturating_sub(e.wake_lowat),
+            recvs: self.recvs.saturating_sub(e.recvs),
+            copy_ns: self.copy_ns.saturating_sub(e.copy_ns),
+        }
+    }
+}
+
+/// Daemon-level counters, updated by the connection threads.
+#[derive(Debug, Default)]
+pub struct DaemonCounters {
+    pub accepted: AtomicU64,
+    pub active: AtomicU64,
+    pub completed: AtomicU64,
+    pub aborted: AtomicU64,
+    pub bytes: AtomicU64,
+    pub files_complete: AtomicU64,
+    pub files_partial: AtomicU64,
+    pub sink_errors: AtomicU64,
+}
+
+/// One snapshot, as served on the stats socket (JSON) and rendered by `netrxd stats`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub iface: String,
+    pub port: u16,
+    pub queues: u32,
+    pub engine: String,
+    pub policy: String,
+    pub sink: String,
+    pub pid: u32,
+    pub uptime_s: f64,
+    pub connections_accepted: u64,
+    pub connections_active: u64,
+    pub connections_completed: u64,
+    pub connections_aborted: u64,
+    pub bytes_received: u64,
+    pub files_complete: u64,
+    pub files_partial: u64,
+    pub sink_errors: u64,
+    pub copy: CopyCounters,
+}
+
+impl Snapshot {
+    pub fn fill_counters(&mut self, c: &DaemonCounters) {
+        self.connections_accepted = c.accepted.load(Ordering::Relaxed);
+        self.connections_active = c.active.load(Ordering::Relaxed);
+        self.connections_completed = c.completed.load(Ordering::Relaxed);
+        self.connections_aborted = c.aborted.load(Ordering::Relaxed);
+        self.bytes_received = c.bytes.load(Ordering::Relaxed);
+        self.files_complete = c.files_complete.load(Ordering::Relaxed);
+        self.files_partial = c.files_partial.load(Ordering::Relaxed);
+        self.sink_errors = c.sink_errors.load(Ordering::Relaxed);
+    }
+
+    /// Human table (`netrxd stats`).
+    pub fn table(&self) -> String {
+        let c = &self.copy;
+        let rows: Vec<(&str, String)> = vec![
+            ("listening", format!("{}:{} ({} queue(s))", self.iface, self.port, self.queues)),
+            ("engine / policy", format!("{} / {}", self.engine, self.policy)),
+            ("sink", self.sink.clone()),
+            ("pid / uptime", format!("{} / {:.0} s", self.pid, self.uptime_s)),
+            (
+                "connections",
+                format!(
+                    "{} accepted, {} active, {} completed, {} aborted",
+                    self.connections_accepted,
+                    self.connections_active,
+                    self.connections_completed,
+                    self.connections_aborted
+                ),
+            ),
+            ("bytes received", self.bytes_received.to_string()),
+            (
+                "files",
+                format!(
+                    "{} complete, {} partial, {} sink errors",
+                    self.files_complete, self.files_partial, self.sink_errors
+                ),
+            ),
+            (
+                "bytes by path",
+                format!(
+                    "cpu {} (redo {}), dma {} ({:.1}% dma)",
+                    c.bytes_cpu,
+                    c.bytes_redo,
+                    c.bytes_dma,
+                    c.dma_share() * 100.0
+                ),
+            ),
+            (
+                "dma ops",
+                format!(
+                    "{} ops, mean {:.0} B, {} doorbells, {} errors, {} timeouts, {} cpu redos, {} busy fallbacks",
+                    c.dma_ops,
+                    c.mean_dma_size(),
+                    c.doorbells,
+                    c.dma_errors,
+                    c.dma_timeouts,
+                    c.cpu_redos,
+                    c.busy_fallbacks
+                ),
+            ),
+            (
+                "wakeups",
+                format!(
+                    "full {}, psh {}, pressure {}, lowat {}",
+                    c.wake_full, c.wake_psh, c.wake_pressure, c.wake_lowat
+                ),
+            ),
+            (
+                "receives / copy time",
+                format!("{} / {:.3} s", c.recvs, c.copy_ns as f64 / 1e9),
+            ),
+        ];
+        let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut s = String::new();
+        for (k, v) in rows {
+            s.push_str(&format!("{k:<w$}  {v}\n"));
+        }
+        s
+    }
+
+    /// Prometheus text exposition format (0.0.4).
+    pub fn prometheus(&self) -> String {
+        let labels = format!(
+            "iface=\"{}\",port=\"{}\",policy=\"{}\",engine=\"{}\"",
+            esc(&self.iface),
+            self.port,
+            esc(&self.policy),
+            esc(&self.engine)
+        );
+        let c = &self.copy;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, vals: &[(&str, f64)]| {
+            out.push_str(&format!(
+                "# HELP netrxd_{name} {help}\n# TYPE netrxd_{name} {kind}\n"
+            ));
+            for (extra, v) in vals {
+                let l = if extra.is_empty() {
+                    labels.clone()
+                } else {
+                    format!("{labels},{extra}")
+                };
+                out.push_str(&format!("netrxd_{name}{{{l}}} {v}\n"));
+            }
+        };
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            &[("", self.uptime_s)],
+        );
+        metric(
+            "connections_total",
+            "counter",
+            "Connections by outcome.",
+            &[
+                ("state=\"accepted\"", self.connections_accepted as f64),
+                ("state=\"completed\"", self.connections_completed as f64),
+                ("state=\"aborted\"", self.connections_aborted as f64),
+            ],
+        );
+        metric(
+            "connections_active",
+            "gauge",
+            "Open connections.",
+            &[("", self.connections_active as f64)],
+        );
+        metric(
+            "received_bytes_total",
+            "counter",
+            "Payload bytes delivered to the sink.",
+            &[("", self.bytes_received as f64)],
+        );
+        metric(
+            "files_total",
+            "counter",
+            "Files written by a dir: sink.",
+            &[
+                ("state=\"complete\"", self.files_complete as f64),
+                ("state=\"partial\"", self.files_partial as f64),
+            ],
+        );
+        metric(
+            "copy_bytes_total",
+            "counter",
+            "Payload bytes copied, by path.",
+            &[
+                ("path=\"cpu\"", c.bytes_cpu as f64),
+                ("path=\"dma\"", c.bytes_dma as f64),
+                ("path=\"redo\"", c.bytes_redo as f64),
+            ],
+        );
+        metric(
+            "dma_ops_total",
+            "counter",
+            "DMA descriptors completed.",
+            &[("", c.dma_ops as f64)],
+        );
+        metric(
+            "dma_doorbells_total",
+            "counter",
+            "Doorbells rung.",
+            &[("", c.doorbells as f64)],
+        );
+        metric(
+            "dma_errors_total",
+            "counter",
+            "DMA ops failed, timed out, redone by CPU, refused as busy.",
+            &[
+                ("kind=\"error\"", c.dma_errors as f64),
+                ("kind=\"timeout\"", c.dma_timeouts as f64),
+                ("kind=\"cpu_redo\"", c.cpu_redos as f64),
+                ("kind=\"busy_fallback\"", c.busy_fallbacks as f64),
+            ],
+        );
+        metric(
+            "wakeups_total",
+            "counter",
+            "Reader wakeups by reason.",
+            &[
+                ("reason=\"full\"", c.wake_full as f64),
+                ("reason=\"psh\"", c.wake_psh as f64),
+                ("reason=\"pressure\"", c.wake_pressure as f64),
+                ("reason=\"lowat\"", c.wake_lowat as f64),
+            ],
+        );
+        metric(
+            "receives_total",
+            "counter",
+            "Receive calls completed.",
+            &[("", c.recvs as f64)],
+        );
+        metric(
+            "copy_seconds_total",
+            "counter",
+            "Receive-core time spent copying or driving DMA.",
+            &[("", c.copy_ns as f64 / 1e9)],
+        );
+        out
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Produces a fresh snapshot.
+pub type SnapshotFn = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
+/// A background server thread; stopped and joined on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    cleanup: Option<PathBuf>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(p) = self.cleanup.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Serves the JSON snapshot to every client of the Unix socket at `path` (one snapshot per
+/// connection). Refuses to replace a socket another live daemon answers on.
+pub fn serve_unix(path: &Path, snap: SnapshotFn) -> Result<Server> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {} for the stats socket", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(anyhow!(
+                "stats socket {} is in use: another netrxd serves this interface and port \
+                 (stop it, or pass --stats-socket PATH)",
+                path.display()
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the stats socket {}", path.display()))?;
+    l.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("netrxd-stats".into())
+        .spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                        let body = serde_json::to_string(&snap()).unwrap_or_default();
+                        let _ = s.write_all(body.as_bytes());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })?;
+    Ok(Server {
+        stop,
+        thread: Some(thread),
+        cleanup: Some(path.to_path_buf()),
+    })
+}
+
+/// Reads one snapshot from a stats socket.
+pub fn query_unix(path: &Path) -> Result<Snapshot> {
+    let mut s = UnixStream::connect(path).with_context(|| {
+        format!(
+            "cannot connect to {} (is `netrxd run` running for that interface and port? \
+             pass --socket PATH or --iface IF --port P)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    serde_json::from_str(&body).map_err(|e| anyhow!("bad answer from {}: {e}", path.display()))
+}
+
+/// Serves Prometheus text over HTTP/1.0 on a loopback address (checked by the caller too).
+pub fn serve_metrics(addr: SocketAddr, snap: SnapshotFn) -> Result<(Server, SocketAddr)> {
+    if !addr.ip().is_loopback() {
+        return Err(anyhow!(
+            "metrics address {addr} is not loopback; use 127.0.0.1:PORT"
+        ));
+    }
+    let l = TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen for metrics on {addr} (port in use?)"))?;
+    let bound = l.local_addr()?;
+    l.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("netrxd-metrics".into())
+        .spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                        // Read the request head (bounded); any path gets the metrics.
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        let t0 = Instant::now();
+                        while head.len() < 16 << 10 && t0.elapsed() < Duration::from_secs(2) {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    head.extend_from_slice(&buf[..n]);
+                                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let body = snap().prometheus();
+                        let resp = format!(
+                            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = s.write_all(resp.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })?;
+    Ok((
+        Server {
+            stop,
+            thread: Some(thread),
+            cleanup: None,
+        },
+        bound,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            iface: "eth1".into(),
+            port: 5001,
+            queues: 1,
+            engine: "model:skx".into(),
+            policy: "adaptive".into(),
+            sink: "discard".into(),
+            bytes_received: 1000,
+            copy: CopyCounters {
+                bytes_cpu: 600,
+                bytes_dma: 400,
+                dma_ops: 4,
+                ..CopyCounters::default()
+            },
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn renderings() {
+        let s = sample();
+        let t = s.table();
+        assert!(t.contains("40.0% dma"), "{t}");
+        assert!(t.contains("mean 100 B"), "{t}");
+        let p = s.prometheus();
+        assert!(p.contains("netrxd_copy_bytes_total{iface=\"eth1\",port=\"5001\",policy=\"adaptive\",engine=\"model:skx\",path=\"dma\"} 400"), "{p}");
+        assert!(p.contains("# TYPE netrxd_dma_ops_total counter"));
+    }
+
+    #[test]
+    fn unix_socket_round_trip() {
+        let path = std::env::temp_dir().join(format!("netrxd-stats-{}.sock", std::process::id()));
+        let srv = serve_unix(&path, Arc::new(sample)).unwrap();
+        let got = query_unix(&path).unwrap();
+        assert_eq!(got, sample());
+        // A second daemon on the same socket is refused.
+        assert!(serve_unix(&path, Arc::new(sample)).is_err());
+        drop(srv);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn metrics_http() {
+        let (srv, addr) = serve_metrics("127.0.0.1:0".parse().unwrap(), Arc::new(sample)).unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        assert!(r.starts_with("HTTP/1.0 200 OK"), "{r}");
+        assert!(r.contains("netrxd_received_bytes_total"), "{r}");
+        drop(srv);
+        assert!(serve_metrics("0.0.0.0:0".parse().unwrap(), Arc::new(sample)).is_err());
+    }
+}
