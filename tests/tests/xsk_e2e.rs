@@ -383,6 +383,22 @@ fn xsk_clear_errors() {
         .run_cmd("ip", &["link", "set", "dev", &t.receiver_if, "mtu", "1500"])
         .unwrap();
 
+    // The veth peer's MTU above 3506 refuses native XDP without the frags-aware program.
+    t.sender
+        .run_cmd("ip", &["link", "set", "dev", &t.sender_if, "mtu", "9000"])
+        .unwrap();
+    let mut native = cfg.clone();
+    native.attach = AttachMode::Native;
+    let e = rx(native).unwrap_err();
+    assert!(
+        matches!(e, XskError::PeerMtuTooLarge { frags: false, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("sg = true"), "{e}");
+    t.sender
+        .run_cmd("ip", &["link", "set", "dev", &t.sender_if, "mtu", "1500"])
+        .unwrap();
+
     // Someone else's program already attached (a bare program + bpf_link, no sockets).
     let ifindex = t.receiver.ifindex(&t.receiver_if).unwrap();
     let other = t.receiver.run(|| {
