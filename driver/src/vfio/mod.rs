@@ -610,8 +610,7 @@ impl VfioBar {
     }
 
     fn check(&self, off: u32, width: usize) -> bool {
-        let o = off as usize;
-        if o % width != 0 || o.checked_add(width).is_none_or(|e| e > self.len) {
+        if !mmio_ok(off, width, self.len) {
             tracing::error!(
                 bdf = %self.dev.bdf(),
                 "refused {width}-byte MMIO access at {off:#x} (BAR{} is {} bytes, accesses must be naturally aligned)",
@@ -639,6 +638,12 @@ impl VfioBar {
             unsafe { std::ptr::write_volatile(self.ptr.add(off as usize) as *mut u64, val) }
         }
     }
+}
+
+/// Whether a `width`-byte access at `off` is naturally aligned and inside a `len`-byte BAR.
+fn mmio_ok(off: u32, width: usize, len: usize) -> bool {
+    let o = off as usize;
+    o % width == 0 && o.checked_add(width).is_some_and(|e| e <= len)
 }
 
 macro_rules! mmio {
@@ -837,6 +842,18 @@ impl DmaMapper for VfioMapper {
 mod tests {
     use super::*;
     use crate::discover::fake::{build, FakeFn};
+
+    #[test]
+    fn mmio_bounds_and_alignment() {
+        assert!(mmio_ok(0, 1, 16));
+        assert!(mmio_ok(0x88, 8, 0x4000));
+        assert!(mmio_ok(0x3ffc, 4, 0x4000));
+        assert!(!mmio_ok(0x3ffc, 8, 0x4000), "crosses the end");
+        assert!(!mmio_ok(0x4000, 1, 0x4000), "past the end");
+        assert!(!mmio_ok(0x86, 4, 0x4000), "misaligned dword");
+        assert!(!mmio_ok(0x8c, 8, 0x4000), "misaligned qword");
+        assert!(!mmio_ok(u32::MAX, 1, 16));
+    }
 
     #[test]
     fn open_runs_preflight_first() {
