@@ -40,6 +40,7 @@ pub mod core;
 pub mod frame;
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,18 +116,18 @@ pub struct Relay;
 
 impl Relay {
     /// Starts forwarding between `topo.relay_a` and `topo.relay_b` inside `topo.relay`.
-    pub fn start(topo: &ThreeHost, settings: RelaySettings) -> io::Result<RelayGuard> {
+    pub fn start(topo: &ThreeHost, settings: RelaySettings) -> io::Result<RelayGuard<'_>> {
         Relay::start_on(Some(&topo.relay), &topo.relay_a, &topo.relay_b, settings)
     }
 
     /// Starts forwarding between interfaces `a` and `b` of namespace `ns` (`None`: the current
     /// thread's namespace). The interfaces should carry no addresses of their own.
-    pub fn start_on(
-        ns: Option<&Netns>,
+    pub fn start_on<'t>(
+        ns: Option<&'t Netns>,
         a: &str,
         b: &str,
         settings: RelaySettings,
-    ) -> io::Result<RelayGuard> {
+    ) -> io::Result<RelayGuard<'t>> {
         let invalid = |dir: &str, e: String| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("relay {dir}: {e}"))
         };
@@ -163,19 +164,22 @@ impl Relay {
             flag,
             threads,
             live,
+            _topology: PhantomData,
         })
     }
 }
 
-/// A running relay; stops and joins its threads on [`RelayGuard::stop`] or drop.
-pub struct RelayGuard {
+/// A running relay; stops and joins its thread on [`RelayGuard::stop`] or drop. It borrows the
+/// topology (or namespace) it runs in, so it always stops before that is torn down.
+pub struct RelayGuard<'t> {
     stop: Arc<OwnedFd>,
     flag: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     live: [Arc<Mutex<Counters>>; 2],
+    _topology: PhantomData<&'t Netns>,
 }
 
-impl RelayGuard {
+impl RelayGuard<'_> {
     /// A snapshot of the counters (updated by the relay threads every few milliseconds).
     pub fn counters(&self) -> RelayCounters {
         let get = |m: &Mutex<Counters>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -208,7 +212,7 @@ impl RelayGuard {
     }
 }
 
-impl Drop for RelayGuard {
+impl Drop for RelayGuard<'_> {
     fn drop(&mut self) {
         self.shutdown();
     }
