@@ -628,12 +628,10 @@ impl Conn {
             self.state,
             State::Established | State::FinWait1 | State::FinWait2
         );
-        if len > 0 && !data_allowed {
-            if self.eof {
-                // Data beyond the peer's FIN: ignore.
-                self.send_ack(now, io);
-                return out;
-            }
+        if len > 0 && !data_allowed && self.eof {
+            // Data beyond the peer's FIN: ignore.
+            self.send_ack(now, io);
+            return out;
         }
         if len > 0 && self.app_closed {
             // The application closed: data cannot be delivered (RFC 9293 3.10.7.4, Linux).

@@ -631,7 +631,7 @@ impl Endpoint {
             let Some(c) = self.slots[idx as usize].conn.as_deref_mut() else {
                 continue;
             };
-            if !c.next_deadline(&self.cfg).is_some_and(|d| d <= now) {
+            if c.next_deadline(&self.cfg).is_none_or(|d| d > now) {
                 continue;
             }
             let was_embryonic = c.state == State::SynReceived;
