@@ -389,3 +389,38 @@ fn relay_impairs_ipv6_tcp_and_passes_neighbour_discovery() {
     assert!(c.a_to_b.lost > 0 && c.a_to_b.reordered > 0, "{c}");
     assert!(c.a_to_b.passthrough > 0, "neighbour discovery passed: {c}");
 }
+
+#[test]
+fn relay_delay_jitter_and_rate_limit() {
+    if !require_root_or_skip("relay_delay_jitter_and_rate_limit")
+        || !require_tools_or_skip("relay_delay_jitter_and_rate_limit", &["ethtool"])
+    {
+        return;
+    }
+    let topo = ThreeHost::new(&LinkOpts::default()).expect("three-host topology");
+    let imp = Impairment {
+        delay: Duration::from_millis(2),
+        jitter: Duration::from_millis(1),
+        rate_bps: Some(200_000_000),
+        ..Impairment::none()
+    };
+    let relay = Relay::start(&topo, RelaySettings::a_to_b_only(imp, 9)).expect("relay");
+    // Frames wait in the relay for their slot: the shell must wake up on time, not on input.
+    let t = transfer(
+        &topo.sender,
+        &topo.receiver,
+        8 << 20,
+        Duration::from_secs(60),
+    );
+    let c = relay.stop();
+    eprintln!(
+        "8 MiB with 2+-1 ms delay at 200 Mbit/s in {:.2?}\n{c}",
+        t.elapsed
+    );
+    assert_eq!(t.sent, t.received);
+    let d = &c.a_to_b;
+    assert!(d.delayed > 1000, "{d}");
+    assert!(d.rate_limited > 0, "{d}");
+    assert_eq!(d.lost + d.reordered + d.queue_drops, 0, "{d}");
+    assert_eq!(c.b_to_a.delayed, 0, "the other direction is transparent");
+}

@@ -381,19 +381,20 @@ impl Direction {
             self.counters.queue_drops += 1;
             return;
         }
-        let mut at = now.saturating_add(self.cfg.delay.as_nanos() as u64);
+        let mut base = now.saturating_add(self.cfg.delay.as_nanos() as u64);
         if !self.cfg.jitter.is_zero() {
             let j = self.cfg.jitter.as_nanos() as i64;
             let d = self.rng.gen_range(-j..=j);
-            at = at.saturating_add_signed(d).max(now);
+            base = base.saturating_add_signed(d).max(now);
         }
-        at = at.max(self.last_release);
-        if at > now {
+        if base > now {
             self.counters.delayed += 1;
         }
+        let mut at = base.max(self.last_release);
         if let Some(rate) = self.cfg.rate_bps {
+            // The frame waits for the ones before it to finish on the link.
             let start = at.max(self.link_free_at);
-            if start > at {
+            if start > base {
                 self.counters.rate_limited += 1;
             }
             let ser = (frame.len() as u128 * 8 * 1_000_000_000 / u128::from(rate)) as u64;
@@ -769,6 +770,9 @@ mod tests {
         }
         assert_eq!(n, 100);
         assert_eq!(frame(0).len(), 118);
+        // All but the first waited for the link.
+        assert_eq!(d.counters.rate_limited, 99);
+        assert_eq!(d.counters.delayed, 0);
     }
 
     #[test]
