@@ -424,3 +424,28 @@ fn relay_delay_jitter_and_rate_limit() {
     assert_eq!(d.lost + d.reordered + d.queue_drops, 0, "{d}");
     assert_eq!(c.b_to_a.delayed, 0, "the other direction is transparent");
 }
+
+#[test]
+fn relay_jumbo_frames_mtu_9000() {
+    if !require_root_or_skip("relay_jumbo_frames_mtu_9000")
+        || !require_tools_or_skip("relay_jumbo_frames_mtu_9000", &["ethtool"])
+    {
+        return;
+    }
+    let topo = ThreeHost::new(&LinkOpts {
+        mtu: 9000,
+        ..LinkOpts::default()
+    })
+    .expect("three-host topology, MTU 9000");
+    let relay = Relay::start(&topo, RelaySettings::both(netem_like(), 13)).expect("relay");
+    let t = transfer(
+        &topo.sender,
+        &topo.receiver,
+        32 << 20,
+        Duration::from_secs(60),
+    );
+    let c = relay.stop();
+    assert_eq!(t.sent, t.received);
+    assert_eq!(c.a_to_b.max_frame_len, 9014, "{c}");
+    assert!(c.a_to_b.lost > 0 && c.a_to_b.gso_dropped == 0, "{c}");
+}
