@@ -1,0 +1,340 @@
+//! End-to-end tests of the `netrxd` binary (root; they fail instead of skipping under CI=true):
+//! - `netrxd demo --seconds 3` exits 0 with five rows of non-zero bandwidth and leaves nothing
+//!   behind;
+//! - `netrxd run` with a `dir:` sink receives kernel TCP senders, and the files' SHA-256 match;
+//!   stats (Unix socket and Prometheus on loopback) report them; SIGTERM exits 0 and detaches XDP;
+//! - SIGTERM mid-transfer: exit 0, no XDP program left, and the cut connection is a `.partial`
+//!   file, never a complete-looking one.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netrx_tests::netns::{self, LinkOpts, NsChild, TwoHost, RECEIVER_ADDR};
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netrxd");
+
+fn guard(test: &str, tools: &[&str]) -> bool {
+    netns::require_root_or_skip(test) && netns::require_tools_or_skip(test, tools)
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("netrxd-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so a stream is checkable.
+fn fill(buf: &mut [u8], state: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        let v = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+/// Sends `len` bytes seeded by `seed`, half-closes, waits for the receiver's close.
+fn send_stream(port: u16, len: u64, seed: u64) -> std::io::Result<[u8; 32]> {
+    let mut s = TcpStream::connect_timeout(
+        &SocketAddr::from((RECEIVER_ADDR, port)),
+        Duration::from_secs(5),
+    )?;
+    s.set_write_timeout(Some(Duration::from_secs(20)))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut h = Sha256::new();
+    let mut st = seed | 1;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut sent = 0u64;
+    while sent < len {
+        let n = ((len - sent) as usize).min(buf.len());
+        fill(&mut buf[..n], &mut st);
+        h.update(&buf[..n]);
+        s.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    Ok(h.finalize().into())
+}
+
+fn sha_file(p: &Path) -> [u8; 32] {
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().into()
+}
+
+fn topo() -> TwoHost {
+    TwoHost::new(&LinkOpts {
+        sender_tx_csum_off: true,
+        sender_tso_off: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology")
+}
+
+/// Starts `netrxd run` in the receiver namespace and waits for its stats socket.
+fn start_daemon(t: &TwoHost, port: u16, dir: &Path, extra: &[&str]) -> (NsChild, PathBuf) {
+    let sock = dir.join("stats.sock");
+    let sink = format!("dir:{}", dir.join("out").display());
+    let p = port.to_string();
+    let mut args = vec![
+        "run",
+        "--iface",
+        &t.receiver_if,
+        "--port",
+        &p,
+        "--engine",
+        "model",
+        "--policy",
+        "adaptive",
+        "--sink",
+        &sink,
+        "--log",
+        "info",
+    ];
+    let sock_s = sock.display().to_string();
+    args.extend(["--stats-socket", &sock_s]);
+    args.extend(extra);
+    let child = t.receiver.spawn(BIN, &args).expect("spawn netrxd run");
+    let t0 = Instant::now();
+    while !sock.exists() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            let out = child.wait_timeout(Duration::from_secs(1));
+            panic!("netrxd run did not come up: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, sock)
+}
+
+fn stats_json(sock: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["stats", "--json", "--socket"])
+        .arg(sock)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "netrxd stats: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sigterm(child: &NsChild) {
+    child.signal(libc::SIGTERM).expect("SIGTERM to netrxd");
+}
+
+fn no_xdp(t: &TwoHost) {
+    let link = t
+        .receiver
+        .run_cmd("ip", &["-d", "link", "show", "dev", &t.receiver_if])
+        .unwrap();
+    assert!(!link.contains("prog/xdp"), "XDP left attached: {link}");
+    assert!(!link.contains(" xdp"), "XDP left attached: {link}");
+}
+
+fn files(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut complete = Vec::new();
+    let mut partial = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.to_string_lossy().ends_with(".partial") {
+            partial.push(p);
+        } else {
+            complete.push(p);
+        }
+    }
+    (complete, partial)
+}
+
+#[test]
+fn netrxd_demo_seconds_3() {
+    if !guard("netrxd_demo_seconds_3", &["iperf", "ethtool"]) {
+        return;
+    }
+    let t0 = Instant::now();
+    let child = Command::new(BIN)
+        .args(["demo", "--seconds", "3", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run netrxd demo");
+    let demo_pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "netrxd demo failed ({}): {stderr}",
+        out.status
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["config"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "cpu",
+            "netdma",
+            "netdma + rcvlowat 200 KB",
+            "adaptive",
+            "kernel socket"
+        ]
+    );
+    for r in rows {
+        assert!(r["gbit_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+    assert!(v["label"]
+        .as_str()
+        .unwrap()
+        .contains("simulated by the device model"));
+    assert!(stderr.contains("[5/5]"), "progress on stderr: {stderr}");
+    eprintln!(
+        "demo took {:?}:\n{}",
+        t0.elapsed(),
+        serde_json::to_string_pretty(&v).unwrap()
+    );
+    // The demo's namespaces are gone (the harness names them nrx<pid>-...).
+    let list = netns::run_checked("ip", &["netns", "list"]).unwrap();
+    assert!(
+        !list.contains(&format!("nrx{demo_pid}-")),
+        "namespaces left: {list}"
+    );
+}
+
+#[test]
+fn netrxd_run_dir_sink_sha256_stats_metrics() {
+    if !guard("netrxd_run_dir_sink_sha256_stats_metrics", &["ethtool"]) {
+        return;
+    }
+    let t = topo();
+    let dir = tmpdir("sha");
+    let port = 5301;
+    let (child, sock) = start_daemon(&t, port, &dir, &["--metrics", "127.0.0.1:19477"]);
+    let lens = [6u64 << 20, (3 << 20) + 12345];
+    let mut want: Vec<(u64, [u8; 32])> = Vec::new();
+    for (i, len) in lens.iter().enumerate() {
+        let sha = t
+            .sender
+            .run(move || send_stream(port, *len, 77 + i as u64))
+            .unwrap_or_else(|e| panic!("sender {i}: {e}"));
+        want.push((*len, sha));
+    }
+    // Wait for both files to be complete.
+    let t0 = Instant::now();
+    loop {
+        let v = stats_json(&sock);
+        if v["files_complete"].as_u64() == Some(2) {
+            assert_eq!(v["connections_completed"].as_u64(), Some(2), "{v}");
+            assert_eq!(
+                v["bytes_received"].as_u64(),
+                Some(lens.iter().sum::<u64>()),
+                "{v}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "files not complete: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The human table and Prometheus text (loopback inside the receiver namespace).
+    let table = Command::new(BIN)
+        .args(["stats", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("bytes by path"), "{table}");
+    let metrics = t.receiver.run(|| {
+        let mut s = TcpStream::connect("127.0.0.1:19477").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    });
+    assert!(
+        metrics.contains("netrxd_files_total{") && metrics.contains("state=\"complete\"} 2"),
+        "{metrics}"
+    );
+    sigterm(&child);
+    let out = child.wait_timeout(Duration::from_secs(20)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {log}", out.status);
+    no_xdp(&t);
+    assert!(!sock.exists(), "stats socket removed at exit");
+    let (complete, partial) = files(&dir.join("out"));
+    assert!(partial.is_empty(), "{partial:?}");
+    let mut got: Vec<(u64, [u8; 32])> = complete
+        .iter()
+        .map(|p| (std::fs::metadata(p).unwrap().len(), sha_file(p)))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "files match the sent streams (length, SHA-256)");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn netrxd_sigterm_mid_transfer() {
+    if !guard("netrxd_sigterm_mid_transfer", &["ethtool"]) {
+        return;
+    }
+    let t = topo();
+    let dir = tmpdir("term");
+    let port = 5302;
+    let (child, sock) = start_daemon(&t, port, &dir, &["--drain-timeout-ms", "300"]);
+    // A sender that would send 4 GiB: it is cut by the daemon's shutdown long before.
+    let sender = t
+        .sender
+        .spawn_thread(move || send_stream(port, 4 << 30, 5))
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let v = stats_json(&sock);
+        if v["bytes_received"].as_u64().unwrap_or(0) > 4 << 20 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "transfer did not start: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigterm(&child);
+    let out = child.wait_timeout(Duration::from_secs(20)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {log}", out.status);
+    no_xdp(&t);
+    // The sender sees the connection die (reset by the kernel once XDP is gone), or times out.
+    let r = sender.join().unwrap();
+    assert!(r.is_err(), "the 4 GiB sender cannot have finished");
+    let (complete, partial) = files(&dir.join("out"));
+    assert!(
+        complete.is_empty(),
+        "a cut transfer looks complete: {complete:?}"
+    );
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    assert!(std::fs::metadata(&partial[0]).unwrap().len() > 0);
+    assert!(log.contains("partial"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
