@@ -69,6 +69,11 @@ pub(crate) struct Chan {
     pub hang_after: Option<u64>,
     pub hung: bool,
     pub slow: Duration,
+    /// The timing model's virtual clock: when the engine, working back to back, finishes the
+    /// descriptors it has executed so far. Carried across descriptors so that modeled
+    /// bandwidth and latency hold on average even though a sleep is coarser than one
+    /// descriptor's time.
+    pub busy_until: Option<Instant>,
 
     pub stats: ModelStats,
 }
@@ -107,6 +112,7 @@ impl Chan {
             hang_after: None,
             hung: false,
             slow: Duration::ZERO,
+            busy_until: None,
             stats: ModelStats::default(),
         }
     }

@@ -33,7 +33,15 @@ enum Work {
     },
 }
 
+/// How far the timing model may run ahead of real time before the engine sleeps.
+const SLEEP_SLACK: Duration = Duration::from_micros(20);
+
 pub(crate) fn run(sh: Arc<Shared>, ch: usize) {
+    // A device engine wants fine-grained sleeps: drop the default 50 us timer slack.
+    // SAFETY: PR_SET_TIMERSLACK takes an integer argument and only affects this thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
     let mut st = sh.st.lock();
     loop {
         if sh.shutdown.load(std::sync::atomic::Ordering::Acquire) {
@@ -293,11 +301,27 @@ fn step(sh: &Shared, st: &mut MutexGuard<'_, DevState>, ch: usize) {
     c.busy = true;
     let gen = c.gen;
     let delay = duration(sh, len, &work, c.slow);
+    // Virtual time: this descriptor finishes `delay` after the later of now and the end of the
+    // previous one. Sleep only when the engine runs ahead of real time by more than
+    // SLEEP_SLACK, so sleep granularity (tens of microseconds) does not become a latency floor
+    // per descriptor while the average rate stays exact.
+    let deadline = if delay.is_zero() {
+        None
+    } else {
+        let now = Instant::now();
+        let start = c.busy_until.filter(|t| *t > now).unwrap_or(now);
+        let end = start + delay;
+        c.busy_until = Some(end);
+        Some(end)
+    };
     MutexGuard::unlocked(st, move || {
         execute(&work);
         drop(table);
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
+        if let Some(end) = deadline {
+            let now = Instant::now();
+            if end > now + SLEEP_SLACK {
+                std::thread::sleep(end - now);
+            }
         }
     });
 
