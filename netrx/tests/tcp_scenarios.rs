@@ -325,6 +325,35 @@ fn zero_window_probe_and_window_update() {
 }
 
 #[test]
+fn bare_fin_is_accepted_at_zero_window() {
+    let cfg = Config {
+        rcvbuf: 8 * 4096,
+        quickack_segments: 1000,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.handshake(true);
+    let mut off = 0u32;
+    loop {
+        h.send_data(off, &[5u8; 1448], false);
+        off += 1448;
+        let t = h.tx();
+        if t.last().unwrap().window() == 0 {
+            break;
+        }
+        assert!(off < 100_000);
+    }
+    let o = h.ts_opts();
+    h.send_raw(h.iss + 1 + off, TcpFlags::ACK | TcpFlags::FIN, &[], o);
+    let t = h.tx();
+    assert_eq!(h.ack_of(&t[0]), off + 1, "FIN acknowledged");
+    let info = h.ep.info(h.id()).unwrap();
+    assert!(info.eof);
+    assert_eq!(info.state, State::CloseWait);
+    assert_eq!(h.read_all(), off as usize);
+}
+
+#[test]
 fn right_edge_never_shrinks() {
     let cfg = Config {
         rcvbuf: 32 * 4096,

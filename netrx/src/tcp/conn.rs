@@ -520,8 +520,11 @@ impl Conn {
                 seq::in_range(t.seq, self.rcv_nxt, self.rcv_nxt.wrapping_add(wnd))
             }
         } else if wnd == 0 {
-            zero_window_probe = t.seq == self.rcv_nxt;
-            false
+            // A bare FIN at rcv_nxt is accepted even with a zero window (as Linux does: it
+            // costs no memory); data is a window probe.
+            let bare_fin = len == 0 && t.seq == self.rcv_nxt;
+            zero_window_probe = t.seq == self.rcv_nxt && !bare_fin;
+            bare_fin
         } else {
             let end = t.seq.wrapping_add(seg_len - 1);
             seq::in_range(t.seq, self.rcv_nxt, self.rcv_nxt.wrapping_add(wnd))
