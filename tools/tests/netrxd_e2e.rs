@@ -338,3 +338,46 @@ fn netrxd_sigterm_mid_transfer() {
     assert!(log.contains("partial"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn netrxd_demo_ctrl_c_cleans_up() {
+    if !guard("netrxd_demo_ctrl_c_cleans_up", &["iperf", "ethtool"]) {
+        return;
+    }
+    let child = Command::new(BIN)
+        .args(["demo", "--seconds", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run netrxd demo");
+    let pid = child.id();
+    // Wait until the first configuration runs (its namespaces exist), then Ctrl-C.
+    let t0 = Instant::now();
+    loop {
+        let list = netns::run_checked("ip", &["netns", "list"]).unwrap();
+        if list.matches(&format!("nrx{pid}-")).count() >= 2 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "demo did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on the pid of our own unreaped child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let t1 = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        t1.elapsed() < Duration::from_secs(15),
+        "demo took {:?} to stop",
+        t1.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let list = netns::run_checked("ip", &["netns", "list"]).unwrap();
+    assert!(
+        !list.contains(&format!("nrx{pid}-")),
+        "namespaces left: {list}"
+    );
+}

@@ -1,4 +1,244 @@
-fn main() {
-    eprintln!("netrx-bench: not yet implemented");
-    std::process::exit(2);
+//! netrx-bench: side-by-side measurements reported as ratios (never absolute pass/fail).
+//!
+//! `netrx-bench copy-sizes`: receive-core cost of a CPU copy vs handing it to I/OAT, by size.
+//! `netrx-bench policy`: the seed's NET_DMA experiment through the sans-IO copier, per policy.
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use netrx::copy::PolicyKind;
+
+use bench::{copy_sizes, parse_list, parse_size, policy};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netrx-bench",
+    about = "Side-by-side copy-path benchmarks reported as ratios (DMA timing of the model is simulated)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+fn sizes(s: &str) -> Result<Vec<usize>, String> {
+    parse_list(s, parse_size)
+}
+
+fn policies(s: &str) -> Result<Vec<PolicyKind>, String> {
+    parse_list(s, |p| p.parse())
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Per-segment receive-core cost: CPU memcpy (cold and warm frames) vs submitting the copy
+    /// to an I/OAT channel (descriptor + doorbell + reap), by size, with the break-even size.
+    CopySizes {
+        /// Sizes in bytes (K/M suffixes are 1024-based).
+        #[arg(long, value_parser = sizes, default_value = "64,128,256,512,1024,1448,2048,4096,8192,8948,16K,32K,64K")]
+        sizes: Vec<usize>,
+        /// Measuring time per size and method, milliseconds.
+        #[arg(long, default_value_t = 150)]
+        budget_ms: u64,
+        /// Cold frame pool size (several times the last-level cache).
+        #[arg(long, value_parser = parse_size, default_value = "128M")]
+        pool: usize,
+        /// Ops per doorbell in the batched column.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Simulated device time per descriptor shown next to the costs, ns.
+        #[arg(long, default_value_t = 1500)]
+        sim_per_desc_ns: u64,
+        /// Simulated device rate shown next to the costs, GB/s.
+        #[arg(long, default_value_t = 5.0)]
+        sim_gbytes: f64,
+        /// Receive buffer pinned per call in the pinning stand-in (0 = skip).
+        #[arg(long, value_parser = parse_size, default_value = "2M")]
+        pin: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A synthetic stream through the copier under each policy with the seed's parameters;
+    /// bytes by path, DMA ops, wakeups by reason, copy time, ratios against policy cpu.
+    Policy {
+        /// Segment payload sizes (1448 = MSS at MTU 1500, 8948 = MTU 9000).
+        #[arg(long, value_parser = sizes, default_value = "1448,8948")]
+        seg: Vec<usize>,
+        #[arg(long, value_parser = policies, default_value = "cpu,netdma,adaptive")]
+        policies: Vec<PolicyKind>,
+        /// SO_RCVLOWAT values (the seed: default 1, and 200 KB).
+        #[arg(long, value_parser = sizes, default_value = "1,200K")]
+        rcvlowat: Vec<usize>,
+        /// recv() buffer length (iperf -l).
+        #[arg(long, value_parser = parse_size, default_value = "2M")]
+        recv_len: usize,
+        /// SO_RCVBUF (iperf -w).
+        #[arg(long, value_parser = parse_size, default_value = "250K")]
+        rcvbuf: usize,
+        /// Payload per run, MiB.
+        #[arg(long, default_value_t = 128)]
+        mib: u64,
+        /// Runs per configuration (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Segments delivered per receive-core poll.
+        #[arg(long, default_value_t = 32)]
+        burst: usize,
+        /// The sender sets PSH once per this many bytes.
+        #[arg(long, value_parser = parse_size, default_value = "128K")]
+        psh_every: usize,
+        /// Pace the sender to this link rate in Gbit/s (0 = unpaced, receive-core bound).
+        #[arg(long, default_value_t = 0.0)]
+        link_gbps: f64,
+        /// tcp_dma_copybreak for policy netdma.
+        #[arg(long, value_parser = parse_size, default_value = "4096")]
+        copybreak: usize,
+        /// Simulated model DMA time per descriptor, ns.
+        #[arg(long, default_value_t = 1500)]
+        dma_per_desc_ns: u64,
+        /// Simulated model DMA rate, GB/s.
+        #[arg(long, default_value_t = 5.0)]
+        dma_gbytes: f64,
+        /// Cold frame pool size.
+        #[arg(long, value_parser = parse_size, default_value = "64M")]
+        pool: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn gbytes_to_bps(g: f64) -> Result<u64> {
+    if !(g.is_finite() && g > 0.0) {
+        anyhow::bail!("a DMA rate must be a positive number of GB/s, got {g}");
+    }
+    Ok((g * 1e9) as u64)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::CopySizes {
+            sizes,
+            budget_ms,
+            pool,
+            batch,
+            sim_per_desc_ns,
+            sim_gbytes,
+            pin,
+            json,
+        } => {
+            let o = copy_sizes::Opts {
+                sizes,
+                budget: Duration::from_millis(budget_ms.max(1)),
+                pool_bytes: pool,
+                batch,
+                sim_per_desc_ns,
+                sim_bytes_per_sec: gbytes_to_bps(sim_gbytes)?,
+                pin_bytes: (pin > 0).then_some(pin),
+            };
+            let r = copy_sizes::run(&o, |row, i, n| {
+                eprintln!("  [{i}/{n}] {} B done", row.size);
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", copy_sizes::render(&r));
+            }
+        }
+        Cmd::Policy {
+            seg,
+            policies,
+            rcvlowat,
+            recv_len,
+            rcvbuf,
+            mib,
+            repeats,
+            burst,
+            psh_every,
+            link_gbps,
+            copybreak,
+            dma_per_desc_ns,
+            dma_gbytes,
+            pool,
+            json,
+        } => {
+            if !(link_gbps.is_finite() && link_gbps >= 0.0) {
+                anyhow::bail!("--link-gbps must be 0 (unpaced) or a positive rate");
+            }
+            let o = policy::Opts {
+                seg_sizes: seg,
+                policies,
+                rcvlowats: rcvlowat,
+                recv_len,
+                rcvbuf,
+                bytes: mib.max(1) << 20,
+                repeats,
+                burst: burst.max(1),
+                psh_every: psh_every.max(1),
+                link_gbps,
+                copybreak,
+                per_desc_ns: dma_per_desc_ns,
+                dma_bytes_per_sec: gbytes_to_bps(dma_gbytes)?,
+                pool_bytes: pool,
+            };
+            let r = policy::run(&o, |line| eprintln!("{line}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", policy::render(&r));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses_lists_and_defaults() {
+        let c = Cli::try_parse_from([
+            "netrx-bench",
+            "policy",
+            "--seg",
+            "1448",
+            "--rcvlowat",
+            "1,200K",
+            "--policies",
+            "netdma",
+        ])
+        .unwrap();
+        match c.cmd {
+            Cmd::Policy {
+                seg,
+                rcvlowat,
+                policies,
+                recv_len,
+                rcvbuf,
+                ..
+            } => {
+                assert_eq!(seg, vec![1448]);
+                assert_eq!(rcvlowat, vec![1, 204_800]);
+                assert_eq!(policies, vec![PolicyKind::NetDma]);
+                assert_eq!(recv_len, 2 << 20);
+                assert_eq!(rcvbuf, 256_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = Cli::try_parse_from(["netrx-bench", "policy", "--policies", "dma"]).unwrap_err();
+        assert!(err.to_string().contains("cpu, netdma, adaptive"), "{err}");
+        let c = Cli::try_parse_from(["netrx-bench", "copy-sizes", "--json"]).unwrap();
+        match c.cmd {
+            Cmd::CopySizes { sizes, json, .. } => {
+                assert!(json);
+                assert!(sizes.contains(&1448) && sizes.contains(&8948) && sizes.contains(&65_536));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(gbytes_to_bps(0.0).is_err());
+        assert_eq!(gbytes_to_bps(5.0).unwrap(), 5_000_000_000);
+    }
 }

@@ -64,6 +64,9 @@ enum Cmd {
         /// vfio-pci (`ioat-ctl bind BDF`).
         #[arg(long, default_value = "model")]
         engine: String,
+        /// Receive buffer of every receiver (default 250K, the seed's iperf -w).
+        #[arg(long, default_value = "250K")]
+        rcvbuf: String,
         /// Log level of the receive service during the demo.
         #[arg(long, default_value = "warn")]
         log: String,
@@ -191,6 +194,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             seconds,
             json,
             engine,
+            rcvbuf,
             log,
         } => {
             init_logs(&log);
@@ -199,10 +203,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 seconds,
                 json,
                 engine,
+                rcvbuf: config::parse_size(&rcvbuf)?,
             }) {
                 Ok(r) => r,
                 Err(e) if netrxd::signals::stop_requested() => {
-                    eprintln!("netrxd demo: {e:#}");
+                    eprintln!(
+                        "netrxd demo: interrupted ({e:#}); namespaces, veth and XDP programs removed"
+                    );
                     return Ok(ExitCode::from(130));
                 }
                 Err(e) => return Err(e),

@@ -37,6 +37,8 @@ pub struct DemoOpts {
     pub seconds: u64,
     pub json: bool,
     pub engine: EngineSpec,
+    /// Receive buffer of every receiver (default [`WINDOW`], the seed's 250 KB).
+    pub rcvbuf: usize,
 }
 
 /// One configuration of the table.
@@ -119,6 +121,7 @@ pub struct Report {
     pub sender: String,
     pub link: String,
     pub seconds_per_row: u64,
+    pub rcvbuf: usize,
     pub rows: Vec<Row>,
 }
 
@@ -193,6 +196,7 @@ pub fn run(opts: DemoOpts) -> Result<Report> {
         sender,
         link,
         seconds_per_row: opts.seconds,
+        rcvbuf: opts.rcvbuf,
         rows,
     })
 }
@@ -242,6 +246,7 @@ fn run_case(topo: &TwoHost, case: &Case, port: u16, opts: &DemoOpts) -> Result<R
     let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
     let abort = Arc::new(AtomicBool::new(false));
     let kind = case.kind.clone();
+    let rcvbuf = opts.rcvbuf;
     let iface = topo.receiver_if.clone();
     let engine = opts.engine.clone();
     let ab = abort.clone();
@@ -252,7 +257,7 @@ fn run_case(topo: &TwoHost, case: &Case, port: u16, opts: &DemoOpts) -> Result<R
             let listener: Result<Box<dyn RxListener>> = match kind {
                 CaseKind::Kernel => KernelListener::bind(
                     SocketAddr::from((RECEIVER_ADDR, port)),
-                    Some(WINDOW),
+                    Some(rcvbuf),
                     BUF_LEN,
                 )
                 .map(|l| Box::new(l) as Box<dyn RxListener>)
@@ -266,7 +271,7 @@ fn run_case(topo: &TwoHost, case: &Case, port: u16, opts: &DemoOpts) -> Result<R
                         engine,
                         policy,
                         copybreak: None,
-                        rcvbuf: Some(WINDOW),
+                        rcvbuf: Some(rcvbuf),
                         rcvlowat,
                         recv_size: BUF_LEN,
                         sink: SinkSpec::Discard,
@@ -454,6 +459,10 @@ pub fn render(r: &Report) -> String {
     let mut s = String::new();
     s.push_str(&format!("sender: {}\n", r.sender));
     s.push_str(&format!("link:   {}\n", r.link));
+    s.push_str(&format!(
+        "rcvbuf: {} bytes for every receiver (netrx: TCP window counted in 4 KiB frame truesize; kernel: SO_RCVBUF)\n",
+        r.rcvbuf
+    ));
     s.push_str(&format!("engine: {}\n\n", r.label));
     let head = [
         "configuration",
@@ -519,6 +528,7 @@ mod tests {
             sender: "iperf".into(),
             link: "veth".into(),
             seconds_per_row: 3,
+            rcvbuf: WINDOW,
             rows: vec![
                 Row {
                     config: "netdma".into(),
