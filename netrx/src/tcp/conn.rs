@@ -648,7 +648,7 @@ impl Conn {
         let mut immediate_ack = false;
         if len > 0 {
             if len > self.rcv_mss {
-                self.rcv_mss = len.min(self.our_mss.max(len));
+                self.rcv_mss = len.min(self.our_mss);
             }
             if len >= self.rcv_mss {
                 self.ratio_num = len.min(truesize.max(1));
