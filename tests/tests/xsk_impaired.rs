@@ -332,26 +332,64 @@ fn xsk_impaired_vs_kernel_report() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(128u64);
     let n = run_netrx(test, mib, impairment(), Config::default());
-    let k = run_kernel(test, mib, impairment());
+    // The default out-of-order cap (`max_ooo_mem`) is below the receive buffer the window is
+    // computed from; the same run with the cap raised to the buffer shows what that costs.
+    let d = Config::default();
+    let n2 = run_netrx(
+        test,
+        mib,
+        impairment(),
+        Config {
+            max_ooo_mem: d.rcvbuf,
+            ..d
+        },
+    );
+    let k = run_kernel(test, mib, impairment(), true);
+    let k2 = run_kernel(test, mib, impairment(), false);
+    let row = |name: &str, r: &NetrxRun| {
+        let c = r.got.as_ref().map(|g| g.conn).unwrap_or_default();
+        format!(
+            "{name} {:.2?} ({:.3} Gbit/s) receiver: ooo_segments {} dup_bytes {} mem_drops {} \
+             ooo_pruned {} paws_drops {} acks_sent {}; sender: {}",
+            r.elapsed,
+            r.gbps(),
+            c.ooo_segments,
+            c.dup_bytes,
+            c.mem_drops,
+            c.ooo_pruned,
+            c.paws_drops,
+            c.acks_sent,
+            r.sender_tcp
+        )
+    };
     eprintln!(
         "{test}: {mib} MiB, loss 2% + reorder 25% (depth 3) + dup 1% + corrupt 0.1% both ways:\n  \
-         netrx  {:.2?} ({:.3} Gbit/s) sender: {}\n  kernel {:.2?} ({:.3} Gbit/s) sender: {}",
-        n.elapsed,
-        n.gbps(),
-        n.sender_tcp,
+         {}\n  {}\n  kernel socket {:.2?} ({:.3} Gbit/s); sender: {}\n  \
+         kernel socket, tcp_dsack=0 {:.2?} ({:.3} Gbit/s); sender: {}",
+        row("netrx (defaults)", &n),
+        row("netrx (max_ooo_mem = rcvbuf)", &n2),
         k.0,
         (mib << 20) as f64 * 8.0 / k.0.as_secs_f64() / 1e9,
-        k.1
+        k.1,
+        k2.0,
+        (mib << 20) as f64 * 8.0 / k2.0.as_secs_f64() / 1e9,
+        k2.1
     );
 }
 
-/// The same transfer into a kernel socket receiver: (elapsed, sender TCP counters).
-fn run_kernel(test: &str, mib: u64, imp: Impairment) -> (Duration, String) {
+/// The same transfer into a kernel socket receiver: (elapsed, sender TCP counters). `dsack`
+/// false sets `net.ipv4.tcp_dsack=0` in the receiver namespace (no duplicate-SACK reports).
+fn run_kernel(test: &str, mib: u64, imp: Impairment, dsack: bool) -> (Duration, String) {
     let bytes = mib << 20;
     let topo = ThreeHost::new(&LinkOpts::default()).expect("three-host topology");
     topo.sender
         .run_cmd("sysctl", &["-qw", "net.core.txrehash=0"])
         .expect("sysctl");
+    if !dsack {
+        topo.receiver
+            .run_cmd("sysctl", &["-qw", "net.ipv4.tcp_dsack=0"])
+            .expect("sysctl net.ipv4.tcp_dsack=0");
+    }
     let listener = topo
         .receiver
         .run(|| std::net::TcpListener::bind((RECEIVER_ADDR, PORT)))
