@@ -86,9 +86,7 @@ impl<R: RegisterAccess> IoatEngine<R> {
         // stays inside the page-granular allocation (UMEM mmap, page-aligned heap region).
         let r = unsafe { DmaRegion::register(self.mapper.clone(), ptr, len) }
             .map_err(|e| format!("mapping region {id:?} for DMA: {e}"))?;
-        regions
-            .set_iova(id, r.iova())
-            .map_err(|e| e.to_string())?;
+        regions.set_iova(id, r.iova()).map_err(|e| e.to_string())?;
         self.maps.push(r);
         Ok(())
     }
@@ -256,7 +254,9 @@ mod tests {
     fn ioat_engine_on_the_model_copies_and_redoes_nothing() {
         let model = new_model(Preset::Skx, Timing::Instant, 1);
         let dev = Device::open(model.clone(), model.mapper()).unwrap();
-        let ch = dev.channel(0, ChannelConfig::default().ring_order(6)).unwrap();
+        let ch = dev
+            .channel(0, ChannelConfig::default().ring_order(6))
+            .unwrap();
         let mut e = IoatEngine::new(ch, dev.mapper());
         let mut r = Regions::new();
         let a = r.add(Arc::new(HeapRegion::new(8192)), true);

@@ -131,7 +131,8 @@ impl FromStr for EngineKind {
                 let ok = bdfs.iter().all(|b| {
                     let p: Vec<&str> = b.split([':', '.']).collect();
                     (p.len() == 4 || p.len() == 3)
-                        && p.iter().all(|x| !x.is_empty() && u32::from_str_radix(x, 16).is_ok())
+                        && p.iter()
+                            .all(|x| !x.is_empty() && u32::from_str_radix(x, 16).is_ok())
                 });
                 if ok {
                     Ok(EngineKind::Vfio { bdfs })
@@ -702,7 +703,10 @@ impl io::Read for Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        let _ = self.q.waker.send(&self.tx, Request::Close { sid: self.sid });
+        let _ = self
+            .q
+            .waker
+            .send(&self.tx, Request::Close { sid: self.sid });
     }
 }
 

@@ -18,8 +18,8 @@ use super::{
     StreamParts, StreamShared, Target, Waker,
 };
 use crate::copy::{
-    Copier, CopierConfig, CpuEngine, Event, FrameId, MemRef, MonotonicClock,
-    NullConfig, NullEngine, PolicyConfig, RegionId, RegionMemory, Regions, Segment, StreamId,
+    Copier, CopierConfig, CpuEngine, Event, FrameId, MemRef, MonotonicClock, NullConfig,
+    NullEngine, PolicyConfig, RegionId, RegionMemory, Regions, Segment, StreamId,
 };
 use crate::tcp::{self, ConnError, ConnId, Endpoint, Instant, RxSegment};
 use crate::xsk::tcp_rx::{FrameView, StreamApp, TcpQueue};
@@ -104,8 +104,9 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
     }
     match &cfg.engine {
         EngineKind::Cpu => engines.extend((0..nq).map(|_| AnyEngine::Cpu(CpuEngine::new()))),
-        EngineKind::Null => engines
-            .extend((0..nq).map(|_| AnyEngine::Null(NullEngine::new(NullConfig::default())))),
+        EngineKind::Null => {
+            engines.extend((0..nq).map(|_| AnyEngine::Null(NullEngine::new(NullConfig::default()))))
+        }
         EngineKind::Model { preset, timing } => {
             let m = new_model(*preset, *timing, nq as u8);
             let dev = ioat_driver::Device::open(m.clone(), m.mapper())
@@ -237,14 +238,14 @@ fn open_vfio(bdf: &str, r: &mut Regions) -> io::Result<AnyEngine> {
     let b = bdf
         .parse()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{bdf}: {e:?}")))?;
-    let dev = VfioDevice::open(&b, &VfioOpenOptions::ioat())
-        .map_err(|e| other(format!("{bdf}: {e}")))?;
+    let dev =
+        VfioDevice::open(&b, &VfioOpenOptions::ioat()).map_err(|e| other(format!("{bdf}: {e}")))?;
     let mapper: Arc<dyn ioat_driver::DmaMapper> = dev.mapper();
     let bar = dev
         .map_bar(0)
         .map_err(|e| other(format!("{bdf}: BAR0: {e}")))?;
-    let d = ioat_driver::Device::open(bar, mapper.clone())
-        .map_err(|e| other(format!("{bdf}: {e}")))?;
+    let d =
+        ioat_driver::Device::open(bar, mapper.clone()).map_err(|e| other(format!("{bdf}: {e}")))?;
     let ch = d
         .channel(0, ioat_driver::ChannelConfig::default())
         .map_err(|e| other(format!("{bdf}: channel 0: {e}")))?;
@@ -262,12 +263,7 @@ const SPIN_ROUNDS: u32 = 64;
 /// Longest sleep (endpoint timers run at least this often).
 const SLEEP_MS: i32 = 5;
 
-fn run(
-    mut sock: XskSocket,
-    mut h: TcpQueue<ServiceApp>,
-    q: Arc<QueueShared>,
-    interval: Duration,
-) {
+fn run(mut sock: XskSocket, mut h: TcpQueue<ServiceApp>, q: Arc<QueueShared>, interval: Duration) {
     let mut batch = Vec::with_capacity(64);
     let mut idle = 0u32;
     let mut last_pub = StdInstant::now();
@@ -283,8 +279,7 @@ fn run(
             idle = idle.saturating_add(1);
             if idle > SPIN_ROUNDS && h.app().can_sleep() {
                 q.waker.sleeping.store(true, Ordering::SeqCst);
-                if q.waker.pending.load(Ordering::SeqCst) == 0 && !q.stop.load(Ordering::SeqCst)
-                {
+                if q.waker.pending.load(Ordering::SeqCst) == 0 && !q.stop.load(Ordering::SeqCst) {
                     let mut fds = [
                         libc::pollfd {
                             fd: sock.raw_fd(),
@@ -476,7 +471,10 @@ impl ServiceApp {
             let total: usize = self.pieces.iter().map(|p| p.1).sum();
             if total != seg.len as usize || self.pieces.len() > 255 {
                 // Not readable as UMEM bytes (never produced by the endpoint): drop it.
-                tracing::error!(queue = self.queue, "segment bytes outside the UMEM; dropped");
+                tracing::error!(
+                    queue = self.queue,
+                    "segment bytes outside the UMEM; dropped"
+                );
                 let _ = ep.release(&seg);
                 continue;
             }
@@ -615,9 +613,7 @@ impl ServiceApp {
             let Some(st) = self.streams.get_mut(&sid) else {
                 continue;
             };
-            if (st.fin || st.err.is_some())
-                && !st.closed
-                && self.copier.queued(StreamId(sid)) == 0
+            if (st.fin || st.err.is_some()) && !st.closed && self.copier.queued(StreamId(sid)) == 0
             {
                 st.closed = true;
                 let _ = self.copier.close_stream(StreamId(sid));
