@@ -61,23 +61,10 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .parse()
         .map_err(|_| format!("size {s:?} is not a number; write e.g. 1448, 200K or 2M"))?;
     let v = (n * mult).round();
-    if !(v.is_finite() && v >= 0.0 && v < 1e15) {
+    if !(v.is_finite() && (0.0..1e15).contains(&v)) {
         return Err(format!("size {s:?} is out of range"));
     }
     Ok(v as usize)
-}
-
-/// Parses a comma-separated list with `f`; an empty list is an error.
-pub fn parse_list<T>(s: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
-    let v: Vec<T> = s
-        .split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| f(p.trim()))
-        .collect::<Result<_, _>>()?;
-    if v.is_empty() {
-        return Err(format!("empty list {s:?}; give at least one value"));
-    }
-    Ok(v)
 }
 
 /// CPU time of the calling thread, ns.
@@ -136,9 +123,8 @@ mod tests {
         assert_eq!(parse_size("64KiB"), Ok(65_536));
         assert_eq!(parse_size("1.5k"), Ok(1536));
         assert!(parse_size("12Q").unwrap_err().contains("suffix"));
-        assert!(parse_size("x").unwrap_err().contains("not a number"));
-        assert_eq!(parse_list("1, 200K", parse_size), Ok(vec![1, 204_800]));
-        assert!(parse_list(",", parse_size).is_err());
+        assert!(parse_size("K").unwrap_err().contains("not a number"));
+        assert!(parse_size("x").unwrap_err().contains("suffix"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use netrx::copy::PolicyKind;
 
-use bench::{copy_sizes, parse_list, parse_size, policy};
+use bench::{copy_sizes, parse_size, policy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,12 +24,8 @@ struct Cli {
     cmd: Cmd,
 }
 
-fn sizes(s: &str) -> Result<Vec<usize>, String> {
-    parse_list(s, parse_size)
-}
-
-fn policies(s: &str) -> Result<Vec<PolicyKind>, String> {
-    parse_list(s, |p| p.parse())
+fn policy_kind(s: &str) -> Result<PolicyKind, String> {
+    s.trim().parse()
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,7 +34,7 @@ enum Cmd {
     /// to an I/OAT channel (descriptor + doorbell + reap), by size, with the break-even size.
     CopySizes {
         /// Sizes in bytes (K/M suffixes are 1024-based).
-        #[arg(long, value_parser = sizes, default_value = "64,128,256,512,1024,1448,2048,4096,8192,8948,16K,32K,64K")]
+        #[arg(long, value_parser = parse_size, value_delimiter = ',', default_value = "64,128,256,512,1024,1448,2048,4096,8192,8948,16K,32K,64K")]
         sizes: Vec<usize>,
         /// Measuring time per size and method, milliseconds.
         #[arg(long, default_value_t = 150)]
@@ -65,12 +61,12 @@ enum Cmd {
     /// bytes by path, DMA ops, wakeups by reason, copy time, ratios against policy cpu.
     Policy {
         /// Segment payload sizes (1448 = MSS at MTU 1500, 8948 = MTU 9000).
-        #[arg(long, value_parser = sizes, default_value = "1448,8948")]
+        #[arg(long, value_parser = parse_size, value_delimiter = ',', default_value = "1448,8948")]
         seg: Vec<usize>,
-        #[arg(long, value_parser = policies, default_value = "cpu,netdma,adaptive")]
+        #[arg(long, value_parser = policy_kind, value_delimiter = ',', default_value = "cpu,netdma,adaptive")]
         policies: Vec<PolicyKind>,
         /// SO_RCVLOWAT values (the seed: default 1, and 200 KB).
-        #[arg(long, value_parser = sizes, default_value = "1,200K")]
+        #[arg(long, value_parser = parse_size, value_delimiter = ',', default_value = "1,200K")]
         rcvlowat: Vec<usize>,
         /// recv() buffer length (iperf -l).
         #[arg(long, value_parser = parse_size, default_value = "2M")]
