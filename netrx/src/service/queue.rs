@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -705,14 +705,9 @@ impl StreamApp for ServiceApp {
     ) {
         // Requests first: a receive posted before its data arrives is what lets the policy
         // place segments early (the NET_DMA case).
-        loop {
-            match self.req_rx.try_recv() {
-                Ok(r) => {
-                    self.q.waker.pending.fetch_sub(1, Ordering::SeqCst);
-                    self.handle_request(ep, now, r);
-                }
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            }
+        while let Ok(r) = self.req_rx.try_recv() {
+            self.q.waker.pending.fetch_sub(1, Ordering::SeqCst);
+            self.handle_request(ep, now, r);
         }
         while let Some(c) = ep.accept(self.port) {
             self.open_conn(ep, c);
