@@ -372,3 +372,159 @@ fn service_e2e_plain_peek_nonblocking_eof() {
     let total = listener.shutdown().total;
     assert_eq!(total.bytes_dma, 0);
 }
+
+/// A peer that aborts (RST) is reported as `ConnectionReset` after the data before it.
+#[test]
+fn service_e2e_reset_is_connection_reset() {
+    if !netns::require_root_or_skip("service_e2e_reset_is_connection_reset") {
+        return;
+    }
+    let t = TwoHost::new(&LinkOpts {
+        sender_tx_csum_off: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology");
+    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    cfg.engine = EngineKind::model();
+    cfg.policy = PolicyKind::NetDma;
+    cfg.attach = AttachMode::Native;
+    cfg.pool_buffers = 1;
+    cfg.pool_buffer_size = 1 << 20;
+    let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let sender = t
+        .sender
+        .spawn_thread(move || {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::from((RECEIVER_ADDR, PORT)),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            s.write_all(&[7u8; 5000]).unwrap();
+            go_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+            // SO_LINGER 0: close() sends RST.
+            let lg = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on our own socket with a live linger struct.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &lg as *const libc::linger as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            drop(s);
+        })
+        .unwrap();
+    let mut st = listener
+        .accept_timeout(Duration::from_secs(10))
+        .expect("accept");
+    let mut buf = listener.buffers().take().unwrap();
+    let mut got = 0;
+    while got < 5000 {
+        let (b, n) = st.recv_registered(buf).expect("data before the reset");
+        assert!(n > 0);
+        got += n;
+        buf = b;
+    }
+    assert_eq!(got, 5000);
+    go_tx.send(()).unwrap();
+    sender.join().unwrap();
+    let e = st.recv_registered(buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    // The buffer went back to the pool with the error.
+    assert_eq!(listener.buffers().available(), 1);
+}
+
+/// Eight kernel senders over a 4-queue veth: four pollers, each with its own model channel,
+/// every stream intact.
+#[test]
+fn service_e2e_eight_streams_four_queues() {
+    if !netns::require_root_or_skip("service_e2e_eight_streams_four_queues") {
+        return;
+    }
+    let t = TwoHost::new(&LinkOpts {
+        queues: 4,
+        sender_tx_csum_off: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology");
+    // Keep each flow on its queue across retransmission timeouts (see xsk_tcp.rs).
+    t.sender
+        .run_cmd("sysctl", &["-qw", "net.core.txrehash=0"])
+        .expect("sysctl net.core.txrehash=0");
+    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    cfg.engine = EngineKind::model();
+    cfg.policy = PolicyKind::NetDma;
+    cfg.rcvlowat = 200_000;
+    cfg.rcvbuf = 2 << 20;
+    cfg.attach = AttachMode::Native;
+    cfg.pool_buffers = 8;
+    cfg.pool_buffer_size = 1 << 20;
+    let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
+    assert_eq!(listener.queues().len(), 4);
+    let len = (stream_mib() / 4).max(1) << 20;
+    let senders: Vec<_> = (0..8u64)
+        .map(|i| {
+            t.sender
+                .spawn_thread(move || send_stream(len, 100 + i))
+                .unwrap()
+        })
+        .collect();
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let mut st = listener
+            .accept_timeout(Duration::from_secs(10))
+            .expect("accept");
+        let mut buf = listener.buffers().take().expect("a buffer per stream");
+        readers.push(std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            let mut got = 0u64;
+            loop {
+                let (b, n) = st.recv_registered(buf).expect("recv");
+                h.update(&b.as_slice()[..n]);
+                got += n as u64;
+                buf = b;
+                if n == 0 {
+                    break;
+                }
+            }
+            let q = st.queue();
+            drop(st);
+            let sha: [u8; 32] = h.finalize().into();
+            (got, sha, q)
+        }));
+    }
+    let mut got: Vec<(u64, [u8; 32])> = Vec::new();
+    let mut per_q = [0usize; 4];
+    for r in readers {
+        let (n, sha, q) = r.join().unwrap();
+        per_q[q as usize] += 1;
+        got.push((n, sha));
+    }
+    let mut sent: Vec<(u64, [u8; 32])> = senders
+        .into_iter()
+        .map(|s| (len, s.join().unwrap().expect("sender")))
+        .collect();
+    sent.sort();
+    got.sort();
+    assert_eq!(got, sent, "every stream intact");
+    let stats = listener.shutdown();
+    eprintln!(
+        "eight streams: per queue {per_q:?}; DMA share {:.1}%, mean DMA {:.0} B, redos {}",
+        stats.total.dma_share() * 100.0,
+        stats.total.mean_dma_size(),
+        stats.total.cpu_redos
+    );
+    assert!(per_q.iter().filter(|&&n| n > 0).count() >= 2, "{per_q:?}");
+    assert_eq!(
+        stats.total.bytes_cpu + stats.total.bytes_dma,
+        8 * len,
+        "{:?}",
+        stats.total
+    );
+}
