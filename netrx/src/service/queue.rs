@@ -230,7 +230,7 @@ fn rand_secret(q: u32) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    t ^ (u64::from(std::process::id()) << 32) ^ (u64::from(q) * 0x9E37_79B9_7F4A_7C15)
+    t ^ (u64::from(std::process::id()) << 32) ^ u64::from(q).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn open_vfio(bdf: &str, r: &mut Regions) -> io::Result<AnyEngine> {
