@@ -528,3 +528,51 @@ fn service_e2e_eight_streams_four_queues() {
         stats.total
     );
 }
+
+/// Dropping the listener ends a receive blocked in another thread with `ConnectionAborted`,
+/// and returns its registered buffer to the pool.
+#[test]
+fn service_e2e_stop_ends_blocked_receives() {
+    if !netns::require_root_or_skip("service_e2e_stop_ends_blocked_receives") {
+        return;
+    }
+    let t = TwoHost::new(&LinkOpts {
+        sender_tx_csum_off: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology");
+    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    cfg.engine = EngineKind::model();
+    cfg.policy = PolicyKind::NetDma;
+    cfg.attach = AttachMode::Native;
+    cfg.pool_buffers = 1;
+    cfg.pool_buffer_size = 1 << 20;
+    let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let sender = t
+        .sender
+        .spawn_thread(move || {
+            let s = TcpStream::connect_timeout(
+                &SocketAddr::from((RECEIVER_ADDR, PORT)),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            let _ = done_rx.recv_timeout(Duration::from_secs(20));
+            drop(s);
+        })
+        .unwrap();
+    let mut st = listener
+        .accept_timeout(Duration::from_secs(10))
+        .expect("accept");
+    let pool = listener.buffers();
+    let buf = pool.take().unwrap();
+    let reader = std::thread::spawn(move || st.recv_registered(buf).map(|(_, n)| n));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!reader.is_finished(), "the receive waits for data");
+    drop(listener);
+    let e = reader.join().unwrap().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionAborted, "{e}");
+    assert_eq!(pool.available(), 1, "the buffer is back in the pool");
+    done_tx.send(()).unwrap();
+    sender.join().unwrap();
+}
