@@ -22,7 +22,7 @@ use ioat_driver::{ChannelConfig, Device};
 use netrx::copy::{
     BufferPool, Completion, Copier, CopierConfig, CopyEngine, CopyOp, CopyStats, EngineError,
     Event, FrameId, HeapRegion, MemRef, MonotonicClock, NoDma, PolicyConfig, PolicyKind,
-    RecvRequest, Regions, Segment,
+    RecvRequest, RegionId, Regions, Segment,
 };
 use netrx::service::engine::{new_model, IoatEngine};
 
@@ -53,6 +53,7 @@ pub struct Opts {
     pub dma_bytes_per_sec: u64,
     /// Frame pool bytes (cold source frames).
     pub pool_bytes: usize,
+    pub engine: EngineChoice,
 }
 
 /// One run's numbers.
@@ -154,6 +155,7 @@ pub struct Report {
     pub when: String,
     pub conditions: String,
     pub simulated_timing: String,
+    pub engine: String,
     pub recv_len: usize,
     pub rcvbuf: usize,
     pub bytes_per_run: u64,
@@ -162,6 +164,127 @@ pub struct Report {
     pub link_gbps: f64,
     pub copybreak: usize,
     pub rows: Vec<Row>,
+}
+
+/// Which engine the copier drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// The I/OAT driver on the software model (its doorbell wakes the model's engine thread).
+    Model,
+    /// A timing-only device: ops complete at `per_desc + len / rate` on a virtual device
+    /// clock, no bytes move and the doorbell is free. The most favourable case for DMA.
+    Ideal,
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "model" => Ok(Self::Model),
+            "ideal" => Ok(Self::Ideal),
+            _ => Err(format!("unknown engine {s:?}; use model or ideal")),
+        }
+    }
+}
+
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Model => "model",
+            Self::Ideal => "ideal",
+        })
+    }
+}
+
+/// The timing-only device of [`EngineChoice::Ideal`]: one channel, ops in order, each taking
+/// `per_desc + len / rate` of device time after its doorbell. It moves no bytes (the bench does
+/// not read what it receives), so it costs the receive core only its bookkeeping.
+struct IdealEngine {
+    t0: Instant,
+    per_desc_ns: f64,
+    ns_per_byte: f64,
+    /// Submitted, not yet rung: (cookie, len).
+    queued: Vec<(u64, usize)>,
+    /// Rung: (cookie, completion time in ns since t0).
+    issued: std::collections::VecDeque<(u64, f64)>,
+    device_free_ns: f64,
+    capacity: usize,
+}
+
+impl IdealEngine {
+    fn new(per_desc_ns: u64, bytes_per_sec: u64) -> Self {
+        Self {
+            t0: Instant::now(),
+            per_desc_ns: per_desc_ns as f64,
+            ns_per_byte: 1e9 / bytes_per_sec.max(1) as f64,
+            queued: Vec::new(),
+            issued: std::collections::VecDeque::new(),
+            device_free_ns: 0.0,
+            capacity: 4095,
+        }
+    }
+    fn now_ns(&self) -> f64 {
+        self.t0.elapsed().as_nanos() as f64
+    }
+}
+
+impl CopyEngine for IdealEngine {
+    fn name(&self) -> &'static str {
+        "ideal"
+    }
+    fn is_dma(&self) -> bool {
+        true
+    }
+    fn submit(&mut self, _mem: &Regions, op: CopyOp) -> Result<(), EngineError> {
+        if op.len == 0 || op.len > 1 << 20 {
+            return Err(EngineError::BadLength {
+                len: op.len,
+                max: 1 << 20,
+            });
+        }
+        if self.in_flight() >= self.capacity {
+            return Err(EngineError::Busy {
+                in_flight: self.in_flight(),
+                capacity: self.capacity,
+            });
+        }
+        self.queued.push((op.cookie, op.len));
+        Ok(())
+    }
+    fn flush(&mut self, _mem: &Regions) {
+        let now = self.now_ns();
+        for (cookie, len) in self.queued.drain(..) {
+            let start = self.device_free_ns.max(now);
+            self.device_free_ns = start + self.per_desc_ns + len as f64 * self.ns_per_byte;
+            self.issued.push_back((cookie, self.device_free_ns));
+        }
+    }
+    fn poll(&mut self, _mem: &Regions, out: &mut Vec<Completion>) -> usize {
+        let now = self.now_ns();
+        let mut n = 0;
+        while let Some(&(cookie, at)) = self.issued.front() {
+            if at > now {
+                break;
+            }
+            self.issued.pop_front();
+            out.push(Completion {
+                cookie,
+                status: Ok(()),
+            });
+            n += 1;
+        }
+        n
+    }
+    fn in_flight(&self) -> usize {
+        self.queued.len() + self.issued.len()
+    }
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+    fn max_len(&self) -> usize {
+        1 << 20
+    }
+    fn abort(&mut self, _mem: &Regions) {}
 }
 
 /// Wraps the engine to time its doorbells: the model's doorbell wakes its engine thread (a
@@ -214,7 +337,7 @@ impl<E: CopyEngine> CopyEngine for Timed<E> {
 
 /// A frame pool walked in order; a frame still held by the copier is skipped.
 struct Frames {
-    region: netrx::copy::RegionId,
+    region: RegionId,
     stride: usize,
     held: Vec<bool>,
     next: usize,
@@ -237,33 +360,56 @@ impl Frames {
 
 /// Runs one configuration once.
 pub fn run_one(o: &Opts, seg: usize, kind: PolicyKind, rcvlowat: usize) -> Result<RunResult> {
-    let timing = Timing::Modeled {
-        per_desc: Duration::from_nanos(o.per_desc_ns),
-        bytes_per_sec: o.dma_bytes_per_sec.max(1),
-    };
-    let model = new_model(Preset::Skx, timing, 1);
-    let dev = Device::open(model.clone(), model.mapper())
-        .map_err(|e| anyhow!("opening the model device: {e}"))?;
-    let ch = dev
-        .channel(0, ChannelConfig::default())
-        .map_err(|e| anyhow!("model channel 0: {e}"))?;
-    let mut engine = IoatEngine::new(ch, dev.mapper());
+    match o.engine {
+        EngineChoice::Ideal => run_with(
+            o,
+            seg,
+            kind,
+            rcvlowat,
+            IdealEngine::new(o.per_desc_ns, o.dma_bytes_per_sec),
+            |_, _| Ok(()),
+        ),
+        EngineChoice::Model => {
+            let timing = Timing::Modeled {
+                per_desc: Duration::from_nanos(o.per_desc_ns),
+                bytes_per_sec: o.dma_bytes_per_sec.max(1),
+            };
+            let model = new_model(Preset::Skx, timing, 1);
+            let dev = Device::open(model.clone(), model.mapper())
+                .map_err(|e| anyhow!("opening the model device: {e}"))?;
+            let ch = dev
+                .channel(0, ChannelConfig::default())
+                .map_err(|e| anyhow!("model channel 0: {e}"))?;
+            let engine = IoatEngine::new(ch, dev.mapper());
+            run_with(o, seg, kind, rcvlowat, engine, |e, regions| {
+                for id in [RegionId(0), RegionId(1)] {
+                    // SAFETY: both regions are owned by `regions`, which moves into the copier
+                    // together with the engine and outlives every copy; the copier touches
+                    // them only through `Regions`.
+                    unsafe { e.map(regions, id) }.map_err(|e| anyhow!(e))?;
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+fn run_with<E: CopyEngine>(
+    o: &Opts,
+    seg: usize,
+    kind: PolicyKind,
+    rcvlowat: usize,
+    mut engine: E,
+    map: impl FnOnce(&mut E, &mut Regions) -> Result<()>,
+) -> Result<RunResult> {
     let mut regions = Regions::new();
     let stride = seg.next_power_of_two().max(2048);
     let nframes = (o.pool_bytes / stride).max(o.rcvbuf / seg + o.burst + 8);
     let frame_mem = Arc::new(HeapRegion::new(nframes * stride));
     let frames_region = regions.add(frame_mem, true);
     let pool = BufferPool::heap(&mut regions, 1, o.recv_len);
-    // SAFETY: both regions are owned by `regions`, which moves into the copier together with
-    // the engine and outlives every copy; the copier touches them only through `Regions`.
-    unsafe {
-        engine
-            .map(&mut regions, frames_region)
-            .map_err(|e| anyhow!(e))?;
-        engine
-            .map(&mut regions, pool.region())
-            .map_err(|e| anyhow!(e))?;
-    }
+    debug_assert_eq!((frames_region, pool.region()), (RegionId(0), RegionId(1)));
+    map(&mut engine, &mut regions)?;
     // Touch every frame once so page faults stay out of the measurement.
     let pattern: Vec<u8> = (0..stride).map(|i| (i * 31 + 7) as u8).collect();
     for i in 0..nframes {
@@ -504,6 +650,10 @@ pub fn run(o: &Opts, mut progress: impl FnMut(&str)) -> Result<Report> {
             o.per_desc_ns,
             o.dma_bytes_per_sec as f64 / 1e9
         ),
+        engine: match o.engine {
+            EngineChoice::Model => "I/OAT driver on the software model (doorbell wakes the model's engine thread)".into(),
+            EngineChoice::Ideal => "ideal timing-only device (no bytes moved, free doorbell: the best case for DMA)".into(),
+        },
         recv_len: o.recv_len,
         rcvbuf: o.rcvbuf,
         bytes_per_run: o.bytes,
@@ -518,7 +668,7 @@ pub fn run(o: &Opts, mut progress: impl FnMut(&str)) -> Result<Report> {
 /// The report as text tables.
 pub fn render(r: &Report) -> String {
     let mut s = format!(
-        "policy  {}  ({})\nrecv len {} B, rcvbuf {} B, {} MiB per run, burst {}, PSH every {} B, link {}, netdma copybreak {} B\nDMA engine: software model, {}\n\n",
+        "policy  {}  ({})\nrecv len {} B, rcvbuf {} B, {} MiB per run, burst {}, PSH every {} B, link {}, netdma copybreak {} B\nDMA engine: {}, {}\n\n",
         r.when,
         r.conditions,
         r.recv_len,
@@ -528,6 +678,7 @@ pub fn render(r: &Report) -> String {
         r.psh_every,
         if r.link_gbps > 0.0 { format!("paced to {} Gbit/s", r.link_gbps) } else { "unpaced (receive-core bound)".into() },
         r.copybreak,
+        r.engine,
         r.simulated_timing
     );
     s += &format!(
@@ -564,4 +715,86 @@ Gb/s/cpu: payload per receive-thread CPU second;\n\
 stall%: wall time with nothing to move (window closed or receive waiting on DMA);\n\
 counters (DMA%, ops, mean DMA size, wakeups full/psh/pressure/lowat, recvs, armed) from the median run.\n";
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(engine: EngineChoice) -> Opts {
+        Opts {
+            seg_sizes: vec![1448],
+            policies: vec![PolicyKind::Cpu],
+            rcvlowats: vec![1],
+            recv_len: 2 << 20,
+            rcvbuf: 256_000,
+            bytes: 4 << 20,
+            repeats: 1,
+            burst: 32,
+            psh_every: 128 << 10,
+            link_gbps: 0.0,
+            copybreak: 4096,
+            per_desc_ns: 100,
+            dma_bytes_per_sec: 20_000_000_000,
+            pool_bytes: 4 << 20,
+            engine,
+        }
+    }
+
+    #[test]
+    fn every_byte_is_accounted_for_and_the_seed_mechanism_shows() {
+        let o = opts(EngineChoice::Ideal);
+        let cpu = run_one(&o, 1448, PolicyKind::Cpu, 1).unwrap();
+        assert_eq!(cpu.stats.bytes_cpu, o.bytes);
+        assert_eq!(cpu.stats.dma_ops, 0);
+        let lowat = run_one(&o, 1448, PolicyKind::NetDma, 200 << 10).unwrap();
+        assert_eq!(lowat.stats.bytes_cpu + lowat.stats.bytes_dma, o.bytes);
+        assert!(lowat.stats.dma_ops > 0, "{:?}", lowat.stats);
+        assert!(lowat.stats.armed > 0);
+        // Every DMA op of netdma carries one segment.
+        assert_eq!(lowat.stats.mean_dma_size.round() as usize, 1448);
+    }
+
+    #[test]
+    fn model_engine_runs_a_short_stream() {
+        let o = Opts {
+            bytes: 1 << 20,
+            ..opts(EngineChoice::Model)
+        };
+        let r = run_one(&o, 8948, PolicyKind::NetDma, 200 << 10).unwrap();
+        assert_eq!(r.stats.bytes_cpu + r.stats.bytes_dma, o.bytes);
+    }
+
+    #[test]
+    fn ideal_engine_completes_in_order_after_its_time() {
+        let mem = Regions::new();
+        let mut e = IdealEngine::new(0, 1_000_000_000_000);
+        let op = |cookie| CopyOp {
+            src: MemRef::new(RegionId(0), 0),
+            dst: MemRef::new(RegionId(0), 0),
+            len: 100,
+            cookie,
+        };
+        e.submit(&mem, op(1)).unwrap();
+        e.submit(&mem, op(2)).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(e.poll(&mem, &mut out), 0, "not rung yet");
+        e.flush(&mem);
+        let t = Instant::now();
+        while out.len() < 2 && t.elapsed() < Duration::from_secs(1) {
+            e.poll(&mem, &mut out);
+        }
+        let cookies: Vec<u64> = out.iter().map(|c| c.cookie).collect();
+        assert_eq!(cookies, vec![1, 2]);
+        assert_eq!(e.in_flight(), 0);
+        assert!(matches!(
+            e.submit(&mem, CopyOp { len: 0, ..op(3) }),
+            Err(EngineError::BadLength { .. })
+        ));
+        assert_eq!("ideal".parse::<EngineChoice>(), Ok(EngineChoice::Ideal));
+        assert!("fast"
+            .parse::<EngineChoice>()
+            .unwrap_err()
+            .contains("model or ideal"));
+    }
 }

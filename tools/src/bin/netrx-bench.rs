@@ -101,6 +101,10 @@ enum Cmd {
         /// Cold frame pool size.
         #[arg(long, value_parser = parse_size, default_value = "64M")]
         pool: usize,
+        /// DMA engine: `model` (the I/OAT driver on the software model) or `ideal` (timing
+        /// only, free doorbell, no bytes moved: the most favourable case for DMA).
+        #[arg(long, default_value = "model")]
+        engine: policy::EngineChoice,
         #[arg(long)]
         json: bool,
     },
@@ -158,6 +162,7 @@ fn main() -> Result<()> {
             dma_per_desc_ns,
             dma_gbytes,
             pool,
+            engine,
             json,
         } => {
             if !(link_gbps.is_finite() && link_gbps >= 0.0) {
@@ -178,6 +183,7 @@ fn main() -> Result<()> {
                 per_desc_ns: dma_per_desc_ns,
                 dma_bytes_per_sec: gbytes_to_bps(dma_gbytes)?,
                 pool_bytes: pool,
+                engine,
             };
             let r = policy::run(&o, |line| eprintln!("{line}"))?;
             if json {
