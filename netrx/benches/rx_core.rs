@@ -9,6 +9,7 @@
 //! Stream size: `NETRX_BENCH_BYTES` (default 64 MiB; the 1 GiB is
 //! `NETRX_BENCH_BYTES=1073741824`). After the criterion groups a side-by-side pass prints
 //! netrx/smoltcp throughput ratios (median of `NETRX_BENCH_ROUNDS`, default 3, alternating runs).
+//! `NETRX_BENCH_SIDE=netrx` (or `smoltcp`) runs one side once per workload, for profilers.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant as StdInstant};
@@ -454,6 +455,21 @@ fn main() {
         (8948, false),
         (8948, true),
     ];
+    // `NETRX_BENCH_SIDE=netrx|smoltcp`: one run of one side per workload and nothing else (for
+    // profilers such as callgrind).
+    if let Ok(side) = std::env::var("NETRX_BENCH_SIDE") {
+        for &(seg, reorder) in &workloads {
+            let mut pool = Pool::new(seg, total, reorder);
+            let (d, got) = if side == "smoltcp" {
+                run_smoltcp(&mut pool, total, &mut app)
+            } else {
+                run_netrx(&mut pool, total, &mut app)
+            };
+            let ns = d.as_nanos() as f64 * seg as f64 / got as f64;
+            println!("{side} {seg}B reorder={reorder}: {got} bytes, {ns:.0} ns/seg");
+        }
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
