@@ -70,6 +70,8 @@ pub(crate) struct Conn {
     /// Estimate of the peer's full segment size (largest payload seen).
     rcv_mss: u32,
     rcvbuf: u32,
+    /// The largest rcvbuf this connection had (memory may exceed a lowered rcvbuf until read).
+    rcvbuf_peak: u32,
     /// Payload-to-truesize ratio used to turn free memory into window (num/den).
     ratio_num: u32,
     ratio_den: u32,
@@ -164,6 +166,7 @@ impl Conn {
             our_mss,
             rcv_mss,
             rcvbuf: cfg.rcvbuf,
+            rcvbuf_peak: cfg.rcvbuf,
             ratio_num,
             ratio_den,
             sack_ok,
@@ -938,6 +941,7 @@ impl Conn {
     /// Changes the receive buffer (the window never shrinks below what was advertised).
     pub fn set_rcvbuf(&mut self, bytes: u32, now: Instant, io: &mut Io) {
         self.rcvbuf = bytes.max(4096);
+        self.rcvbuf_peak = self.rcvbuf_peak.max(self.rcvbuf);
         self.maybe_window_update(now, io);
     }
 
@@ -1026,7 +1030,7 @@ impl Conn {
             .sum();
         assert_eq!(held, self.mem, "memory accounting");
         assert!(
-            self.mem <= self.rcvbuf as u64 + 65536 * 2,
+            self.mem <= self.rcvbuf_peak as u64,
             "memory bounded by rcvbuf"
         );
     }
