@@ -167,7 +167,15 @@ fn run_one(
     assert_eq!(got, len, "{label}: length");
     let sha: [u8; 32] = h.finalize().into();
     assert_eq!(sha, sent_sha, "{label}: SHA-256 of the stream");
-    let total = listener.shutdown().total;
+    let stats = listener.shutdown();
+    for q in &stats.queues {
+        assert_eq!(
+            q.exit_check,
+            Some(Ok(())),
+            "{label}: every frame back in the socket at exit"
+        );
+    }
+    let total = stats.total;
     Run {
         label,
         gbps: got as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,

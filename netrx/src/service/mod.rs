@@ -234,6 +234,10 @@ pub struct QueueStats {
     pub dma_in_flight: usize,
     /// Copybreak in force (`usize::MAX` for `cpu`).
     pub copybreak: usize,
+    /// Set when the poller stopped: the socket's frame accounting (`Ok` = every frame back,
+    /// none held or stuck in TX; `Err` names what is outstanding, e.g. frames still held by
+    /// connections the application had not closed).
+    pub exit_check: Option<Result<(), String>>,
 }
 
 /// A snapshot of the service's stats.

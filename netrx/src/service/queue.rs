@@ -316,6 +316,16 @@ fn run(mut sock: XskSocket, mut h: TcpQueue<ServiceApp>, q: Arc<QueueShared>, in
     h.on_idle(&mut sock, StdInstant::now());
     h.on_stop(&mut sock);
     publish(&h, &q);
+    let check = sock.check_no_leak().map(|_| ()).and_then(|()| {
+        let app = h.app();
+        match (app.copier.frames_held(), app.segs.iter().flatten().count()) {
+            (0, 0) => Ok(()),
+            (f, s) => Err(format!(
+                "copy path still holds {f} frame(s), {s} segment(s) not given back"
+            )),
+        }
+    });
+    q.stats.lock().exit_check = Some(check);
     // The copier (engine, DMA mappings of the UMEM) goes before the socket and its UMEM.
     drop(h);
     drop(sock);
