@@ -584,3 +584,81 @@ fn service_e2e_stop_ends_blocked_receives() {
     done_tx.send(()).unwrap();
     sender.join().unwrap();
 }
+
+/// The seed's sender itself: `iperf -c ADDR -w 250K -l 2M` (iperf 2) against the service with
+/// netdma + rcvlowat 200 KB, receiving into 2 MB registered buffers: exactly the requested bytes.
+#[test]
+fn service_e2e_iperf2_netdma_rcvlowat() {
+    if !netns::require_root_or_skip("service_e2e_iperf2_netdma_rcvlowat")
+        || !netns::require_tools_or_skip("service_e2e_iperf2_netdma_rcvlowat", &["iperf"])
+    {
+        return;
+    }
+    let t = TwoHost::new(&LinkOpts {
+        sender_tx_csum_off: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology");
+    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    cfg.engine = EngineKind::model();
+    cfg.policy = PolicyKind::NetDma;
+    cfg.rcvlowat = 200_000;
+    cfg.attach = AttachMode::Native;
+    cfg.pool_buffers = 2;
+    cfg.pool_buffer_size = 2 << 20;
+    let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
+    let mib = stream_mib();
+    let child = t
+        .sender
+        .spawn(
+            "iperf",
+            &[
+                "-c",
+                &RECEIVER_ADDR.to_string(),
+                "-p",
+                &PORT.to_string(),
+                "-w",
+                "250K",
+                "-l",
+                "2M",
+                "-n",
+                &format!("{mib}M"),
+                "-e",
+            ],
+        )
+        .expect("start iperf");
+    let mut st = listener
+        .accept_timeout(Duration::from_secs(10))
+        .expect("accept");
+    let mut buf = listener.buffers().take().unwrap();
+    let mut got = 0u64;
+    let t0 = Instant::now();
+    loop {
+        let (b, n) = st.recv_registered(buf).expect("recv");
+        buf = b;
+        got += n as u64;
+        if n == 0 {
+            break;
+        }
+    }
+    let elapsed = t0.elapsed();
+    drop(st);
+    let out = child
+        .wait_timeout(Duration::from_secs(60))
+        .expect("iperf finishes");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "iperf exit status {:?}: {stdout}",
+        out.status
+    );
+    assert_eq!(got, mib << 20, "exactly the requested bytes");
+    let s = listener.shutdown().total;
+    eprintln!(
+        "iperf -w 250K -l 2M, netdma + rcvlowat 200 KB: {:.2} Gbit/s, DMA share {:.1}%, mean DMA {:.0} B",
+        got as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,
+        s.dma_share() * 100.0,
+        s.mean_dma_size()
+    );
+    assert_eq!(s.bytes_cpu + s.bytes_dma, got);
+}
