@@ -167,6 +167,9 @@ fn run_one(
     assert_eq!(got, len, "{label}: length");
     let sha: [u8; 32] = h.finalize().into();
     assert_eq!(sha, sent_sha, "{label}: SHA-256 of the stream");
+    // The strict model saw no driver misuse.
+    let v = listener.model_device().expect("model engine").violations();
+    assert!(v.is_empty(), "{label}: model violations: {v:#?}");
     let stats = listener.shutdown();
     for q in &stats.queues {
         assert_eq!(
