@@ -401,8 +401,9 @@ pub struct Listener {
     model: Option<Arc<ModelDevice>>,
     mode: XdpMode,
     queue_ids: Vec<u32>,
-    // Last: detaches the program after the pollers are gone.
-    _svc: XdpService,
+    // Last: detaches the program after the pollers are gone. (In a mutex only so that the
+    // listener is Sync: it is never touched after bind.)
+    _svc: Mutex<XdpService>,
 }
 
 impl fmt::Debug for Listener {
@@ -717,6 +718,18 @@ impl Drop for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_move_between_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<Listener>();
+        sync::<Listener>();
+        send::<Stream>();
+        send::<RegisteredBuf>();
+        send::<BufPool>();
+        sync::<BufPool>();
+    }
 
     #[test]
     fn engine_kind_parses_and_names_the_fix() {

@@ -221,7 +221,7 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
         model,
         mode,
         queue_ids,
-        _svc: svc,
+        _svc: Mutex::new(svc),
     })
 }
 
