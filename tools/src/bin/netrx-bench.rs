@@ -54,6 +54,7 @@ enum Cmd {
         /// Receive buffer pinned per call in the pinning stand-in (0 = skip).
         #[arg(long, value_parser = parse_size, default_value = "2M")]
         pin: usize,
+        /// Machine-readable report on stdout (progress stays on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -63,6 +64,7 @@ enum Cmd {
         /// Segment payload sizes (1448 = MSS at MTU 1500, 8948 = MTU 9000).
         #[arg(long, value_parser = parse_size, value_delimiter = ',', default_value = "1448,8948")]
         seg: Vec<usize>,
+        /// Copy policies to compare (cpu is the baseline of every ratio).
         #[arg(long, value_parser = policy_kind, value_delimiter = ',', default_value = "cpu,netdma,adaptive")]
         policies: Vec<PolicyKind>,
         /// SO_RCVLOWAT values (the seed: default 1, and 200 KB).
@@ -105,6 +107,7 @@ enum Cmd {
         /// only, free doorbell, no bytes moved: the most favourable case for DMA).
         #[arg(long, default_value = "model")]
         engine: policy::EngineChoice,
+        /// Machine-readable report on stdout (progress stays on stderr).
         #[arg(long)]
         json: bool,
     },
