@@ -722,3 +722,78 @@ fn parse_errors_are_counted_and_frames_free() {
     let s = h.ep.stats();
     assert_eq!((s.parse_errors, s.fragments), (2, 1));
 }
+
+#[test]
+fn whole_advertised_window_out_of_order_is_held_and_never_reneged() {
+    // Default config: rcvbuf 4 MiB of 4 KiB frames, 1448-byte segments. The window is derived
+    // from the same memory accounting as the out-of-order store, so a full window of
+    // out-of-order segments fits: nothing in the window is dropped and nothing SACKed is
+    // discarded.
+    let mut h = Harness::new(Config::default());
+    let sa = h.handshake(true);
+    let wscale = sa.pkt.tcp.options.window_scale.unwrap() as u32;
+    const MSS: usize = 1448;
+    let mut data = pattern(2000 * MSS, 3);
+    // The first segment is lost: everything else arrives out of order.
+    let d = h.send_data(MSS as u32, &data[MSS..2 * MSS], false);
+    assert_eq!(d, FrameDisposition::Held);
+    let t = h.tx();
+    let edge = h.ack_of(&t[0]) as usize + ((t[0].window() << wscale) as usize);
+    let n = edge / MSS;
+    assert!(n > 900, "window of {n} segments");
+    data.truncate(n * MSS);
+    for i in 2..n {
+        let d = h.send_data((i * MSS) as u32, &data[i * MSS..(i + 1) * MSS], false);
+        assert_eq!(
+            d,
+            FrameDisposition::Held,
+            "segment {i} of {n} in the window"
+        );
+        let t = h.tx();
+        let s = t[0].sack();
+        assert_eq!(
+            s[0].1.wrapping_sub(h.iss.wrapping_add(1)) as usize,
+            (i + 1) * MSS,
+            "SACK covers everything so far"
+        );
+    }
+    let info = h.ep.info(h.id()).unwrap();
+    assert_eq!(info.stats.mem_drops, 0);
+    assert_eq!(info.stats.ooo_pruned, 0);
+    assert_eq!(info.ooo_bytes as usize, (n - 1) * MSS);
+    assert!(info.mem <= info.rcvbuf as u64);
+    // The retransmission of the first segment delivers the whole window.
+    assert_eq!(h.send_data(0, &data[..MSS], false), FrameDisposition::Held);
+    let t = h.tx();
+    assert_eq!(h.ack_of(&t[0]) as usize, n * MSS);
+    h.read_all();
+    assert_eq!(h.received, data);
+    h.ep.check_invariants();
+}
+
+#[test]
+fn max_ooo_mem_bounds_the_window_instead_of_dropping() {
+    let cfg = Config {
+        max_ooo_mem: 64 * 4096,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    let sa = h.handshake(true);
+    let wscale = sa.pkt.tcp.options.window_scale.unwrap() as u32;
+    const MSS: usize = 1448;
+    h.send_data(MSS as u32, &pattern(MSS, 1), false);
+    let t = h.tx();
+    let wnd = (t[0].window() << wscale) as usize;
+    assert!(
+        wnd <= 64 * MSS + (1 << wscale),
+        "window {wnd} bounded by max_ooo_mem"
+    );
+    let n = (h.ack_of(&t[0]) as usize + wnd) / MSS;
+    for i in 2..n {
+        let d = h.send_data((i * MSS) as u32, &pattern(MSS, 1), false);
+        assert_eq!(d, FrameDisposition::Held, "segment {i} of {n}");
+    }
+    let info = h.ep.info(h.id()).unwrap();
+    assert_eq!(info.stats.mem_drops + info.stats.ooo_pruned, 0);
+    assert!(info.ooo_mem <= 64 * 4096);
+}

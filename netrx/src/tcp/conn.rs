@@ -39,6 +39,11 @@ struct HeldFrame {
 
 const TWENTY_FOUR_DAYS_MS: u64 = 24 * 24 * 3600 * 1000;
 
+/// Frames of receive memory kept out of the window: a sender may split segments at the right
+/// edge (each piece costs a whole frame) and the scaled window is rounded up, so data inside
+/// the advertised window always fits in `rcvbuf`.
+const WINDOW_RESERVE_FRAMES: u64 = 4;
+
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub id: ConnId,
@@ -80,6 +85,10 @@ pub(crate) struct Conn {
     ts_recent: u32,
     ts_recent_ms: u64,
     ts_offset: u32,
+    /// Bound on out-of-order truesize (`Config::max_ooo_mem`); the window is bounded by it too.
+    ooo_cap: u64,
+    /// Truesize kept out of the window (see [`WINDOW_RESERVE_FRAMES`]).
+    reserve: u64,
     // Frames and queues.
     frames: Vec<HeldFrame>,
     free_slots: Vec<u32>,
@@ -174,6 +183,9 @@ impl Conn {
             ts_recent: o.timestamps.map(|t| t.0).unwrap_or(0),
             ts_recent_ms: now.as_millis(),
             ts_offset: iss.rotate_left(13),
+            ooo_cap: cfg.max_ooo_mem as u64,
+            reserve: (WINDOW_RESERVE_FRAMES * cfg.frame_truesize.max(1) as u64)
+                .min(cfg.rcvbuf as u64 / 8),
             frames: Vec::new(),
             free_slots: Vec::new(),
             mem: 0,
@@ -244,15 +256,26 @@ impl Conn {
     }
 
     /// Bytes of window the free receive memory allows, converted by the payload/truesize ratio.
+    ///
+    /// Everything the peer may send lies in `[rcv_nxt, rcv_adv)`, so bounding the window by
+    /// free memory (minus a small reserve) makes every in-window full-sized segment fit, in order
+    /// or not; bounding it by `ooo_cap` makes out-of-order data fit `max_ooo_mem`. The receiver
+    /// therefore never has to drop in-window data or renege on SACKed data for a sender of
+    /// full-sized segments.
     fn window_space(&self) -> u32 {
-        let free = (self.rcvbuf as u64).saturating_sub(self.mem);
+        let free = (self.rcvbuf as u64)
+            .saturating_sub(self.mem + self.reserve)
+            .min(self.ooo_cap);
         let space = free * self.ratio_num as u64 / self.ratio_den as u64;
         let cap = (65535u64 << self.rcv_wscale).min(1 << 30);
         space.min(cap) as u32
     }
 
     fn max_space(&self) -> u32 {
-        (self.rcvbuf as u64 * self.ratio_num as u64 / self.ratio_den as u64).min(1 << 30) as u32
+        let mem = (self.rcvbuf as u64)
+            .saturating_sub(self.reserve)
+            .min(self.ooo_cap);
+        (mem * self.ratio_num as u64 / self.ratio_den as u64).min(1 << 30) as u32
     }
 
     /// Chooses the window to advertise, moving the right edge only forward and not by tiny
@@ -657,30 +680,32 @@ impl Conn {
                 self.ratio_num = len.min(truesize.max(1));
                 self.ratio_den = truesize.max(1);
             }
-            // Memory admission: prune out-of-order data beyond this segment first.
             let start = self.rcv_off + seg_seq.wrapping_sub(self.rcv_nxt) as u64;
             let in_order = start == self.rcv_off;
-            let ooo_limit = if in_order {
-                self.rcvbuf as u64
-            } else {
-                io.cfg.max_ooo_mem.min(self.rcvbuf) as u64
+            // Memory admission. The window is derived from the same accounting, so a sender of
+            // full-sized segments never gets here with in-window data that does not fit.
+            let fits = |c: &Conn| {
+                c.mem + truesize as u64 <= c.rcvbuf as u64
+                    && (in_order || c.ooo_truesize + truesize as u64 <= c.ooo_cap)
             };
-            while self.mem + truesize as u64 > self.rcvbuf as u64
-                || (!in_order && self.ooo_mem() + truesize as u64 > ooo_limit)
-            {
-                match self.reasm_last_start() {
-                    Some(s) if s > start => {
-                        let g = self.reasm.pop_last().expect("non-empty");
-                        self.stats.ooo_pruned += 1;
-                        self.ooo_leave(g.slot);
-                        self.unref(g.slot, io.released);
+            if in_order {
+                // Last resort against senders of tiny segments (each costs a whole frame):
+                // without room for the next in-order byte the connection could never advance,
+                // so out-of-order data is given up (reneging, as Linux `tcp_prune_ofo_queue`).
+                while !fits(self) {
+                    match self.reasm.pop_last() {
+                        Some(g) => {
+                            self.stats.ooo_pruned += 1;
+                            self.ooo_leave(g.slot);
+                            self.unref(g.slot, io.released);
+                        }
+                        None => break,
                     }
-                    _ => break,
                 }
             }
-            if self.mem + truesize as u64 > self.rcvbuf as u64
-                || (!in_order && self.ooo_mem() + truesize as u64 > ooo_limit)
-            {
+            if !fits(self) {
+                // Out-of-order data that does not fit is dropped; data already held (and
+                // SACKed) is never discarded for it.
                 self.stats.mem_drops += 1;
                 self.send_ack(now, io);
                 return out;
@@ -779,9 +804,6 @@ impl Conn {
         self.ooo_truesize
     }
 
-    fn reasm_last_start(&self) -> Option<u64> {
-        self.reasm.last_start()
-    }
 
     /// A segment leaves the out-of-order store (to the in-order queue or released).
     fn ooo_leave(&mut self, slot: u32) {

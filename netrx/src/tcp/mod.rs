@@ -111,7 +111,9 @@ pub struct Config {
     pub time_wait: Duration,
     /// Out-of-order: at most this many disjoint ranges ...
     pub max_ooo_ranges: usize,
-    /// ... and at most this much frame truesize (also bounded by rcvbuf).
+    /// ... and at most this much frame truesize. The advertised window is bounded by it too
+    /// (window <= `max_ooo_mem` x payload/truesize), so in-window data is never dropped and
+    /// SACKed data never discarded for it. Default: no bound beyond `rcvbuf`.
     pub max_ooo_mem: u32,
     /// Challenge ACKs per connection per second (RFC 5961 section 7).
     pub challenge_ack_limit: u32,
@@ -141,7 +143,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(600),
             time_wait: Duration::from_secs(30),
             max_ooo_ranges: 64,
-            max_ooo_mem: 3 << 20,
+            max_ooo_mem: u32::MAX,
             challenge_ack_limit: 10,
             isn_secret: 0x6e65_7472_7820_6973,
         }

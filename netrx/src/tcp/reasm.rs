@@ -184,10 +184,6 @@ impl Reasm {
         }
     }
 
-    /// Start of the highest segment.
-    pub fn last_start(&self) -> Option<u64> {
-        self.segs.back().map(|g| g.start)
-    }
 
     /// Removes the highest segment (pruning under memory pressure).
     pub fn pop_last(&mut self) -> Option<SegRef> {
