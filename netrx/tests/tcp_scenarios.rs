@@ -575,7 +575,7 @@ fn paws_drops_old_timestamps() {
     h.ts = Some(1000);
     h.send_data(0, &[1u8; 100], false);
     h.tx();
-    h.ts = Some(999);
+    h.ts = Some(998);
     assert_eq!(h.send_data(100, &[2u8; 100], false), FrameDisposition::Free);
     let t = h.tx();
     assert_eq!(t.len(), 1);
@@ -721,6 +721,53 @@ fn parse_errors_are_counted_and_frames_free() {
     assert_eq!(h.deliver(buf), FrameDisposition::Free);
     let s = h.ep.stats();
     assert_eq!((s.parse_errors, s.fragments), (2, 1));
+}
+
+#[test]
+fn paws_tolerates_one_tick_like_linux() {
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    h.ts = Some(1000);
+    h.send_data(0, &[1u8; 100], false);
+    h.tx();
+    // One tick older passes (Linux TCP_PAWS_WINDOW = 1), two ticks older is dropped.
+    h.ts = Some(999);
+    assert_eq!(h.send_data(100, &[2u8; 100], false), FrameDisposition::Held);
+    h.ts = Some(998);
+    assert_eq!(h.send_data(200, &[3u8; 100], false), FrameDisposition::Free);
+    assert_eq!(h.ep.info(h.id()).unwrap().stats.paws_drops, 1);
+}
+
+#[test]
+fn ts_recent_is_not_updated_by_out_of_order_segments() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    let data = pattern(3000, 7);
+    h.ts = Some(1000);
+    h.send_data(0, &data[..1000], false);
+    h.tx();
+    // A later segment arrives first with a much newer TSval: it does not cover the left edge,
+    // so it must not become TS.Recent (RFC 7323 4.3) ...
+    h.ts = Some(1050);
+    assert_eq!(
+        h.send_data(2000, &data[2000..], false),
+        FrameDisposition::Held
+    );
+    let t = h.tx();
+    assert_eq!(t[0].pkt.tcp.options.timestamps.unwrap().1, 1000);
+    // ... or the reordered segment sent before it would be PAWS-dropped.
+    h.ts = Some(1040);
+    assert_eq!(
+        h.send_data(1000, &data[1000..2000], false),
+        FrameDisposition::Held
+    );
+    let t = h.tx();
+    assert_eq!(h.ack_of(&t[0]), 3000);
+    assert_eq!(t[0].pkt.tcp.options.timestamps.unwrap().1, 1040);
+    let info = h.ep.info(h.id()).unwrap();
+    assert_eq!(info.stats.paws_drops, 0);
+    h.read_all();
+    assert_eq!(h.received, data);
 }
 
 #[test]

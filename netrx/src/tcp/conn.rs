@@ -39,6 +39,11 @@ struct HeldFrame {
 
 const TWENTY_FOUR_DAYS_MS: u64 = 24 * 24 * 3600 * 1000;
 
+/// PAWS tolerance in timestamp ticks: a TSval at most this much older than TS.Recent passes
+/// (Linux `TCP_PAWS_WINDOW`). Reordered segments sent within the same tick as a retransmission
+/// that already updated TS.Recent are not dropped.
+const PAWS_WINDOW: i32 = 1;
+
 /// Frames of receive memory kept out of the window: a sender may split segments at the right
 /// edge (each piece costs a whole frame) and the scaled window is rounded up, so data inside
 /// the advertised window always fits in `rcvbuf`.
@@ -522,7 +527,7 @@ impl Conn {
         // PAWS (RFC 7323 5.3).
         if self.ts_ok && !flags.rst() {
             if let Some((tsval, _)) = t.options.timestamps {
-                if seq::lt(tsval, self.ts_recent)
+                if (self.ts_recent.wrapping_sub(tsval) as i32) > PAWS_WINDOW
                     && now.as_millis().saturating_sub(self.ts_recent_ms) < TWENTY_FOUR_DAYS_MS
                 {
                     self.stats.paws_drops += 1;
