@@ -771,6 +771,62 @@ fn ts_recent_is_not_updated_by_out_of_order_segments() {
 }
 
 #[test]
+fn dsack_reports_duplicates_once() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    let base = h.iss.wrapping_add(1);
+    let data = pattern(4000, 9);
+    h.send_data(0, &data[..1000], false);
+    h.advance(Duration::from_millis(50));
+    h.tx();
+    // A segment entirely below rcv_nxt (a spurious retransmission).
+    assert_eq!(h.send_data(0, &data[..1000], false), FrameDisposition::Free);
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].sack(), vec![(base, base + 1000)], "D-SACK block");
+    // Out of order data, then a duplicate of it: D-SACK first, then the SACK block holding it.
+    h.send_data(2000, &data[2000..3000], false);
+    h.tx();
+    assert_eq!(
+        h.send_data(2000, &data[2000..3000], false),
+        FrameDisposition::Free
+    );
+    let t = h.tx();
+    assert_eq!(
+        t[0].sack(),
+        vec![(base + 2000, base + 3000), (base + 2000, base + 3000)]
+    );
+    // The report is one-shot: the next ACK carries only the SACK block.
+    h.send_data(3000, &data[3000..4000], false);
+    let t = h.tx();
+    assert_eq!(t[0].sack(), vec![(base + 2000, base + 4000)]);
+    // A segment straddling rcv_nxt: its old part is reported, the new part fills the hole.
+    assert_eq!(
+        h.send_data(500, &data[500..2000], false),
+        FrameDisposition::Held
+    );
+    let t = h.tx();
+    assert_eq!(h.ack_of(&t[0]), 4000);
+    assert_eq!(t[0].sack(), vec![(base + 500, base + 1000)]);
+    let info = h.ep.info(h.id()).unwrap();
+    assert_eq!(info.stats.dsacks_sent, 3);
+    h.read_all();
+    assert_eq!(h.received, data);
+
+    // Turned off: no D-SACK.
+    let mut h = Harness::new(Config {
+        dsack: false,
+        ..no_quickack()
+    });
+    h.handshake(true);
+    h.send_data(0, &data[..1000], false);
+    h.tx();
+    h.send_data(0, &data[..1000], false);
+    let t = h.tx();
+    assert!(t[0].sack().is_empty());
+}
+
+#[test]
 fn whole_advertised_window_out_of_order_is_held_and_never_reneged() {
     // Default config: rcvbuf 4 MiB of 4 KiB frames, 1448-byte segments. The window is derived
     // from the same memory accounting as the out-of-order store, so a full window of

@@ -90,6 +90,8 @@ pub(crate) struct Conn {
     ts_recent: u32,
     ts_recent_ms: u64,
     ts_offset: u32,
+    /// A duplicate range to report as the first SACK block of the next ACK (RFC 2883 D-SACK).
+    dsack: Option<(u32, u32)>,
     /// Bound on out-of-order truesize (`Config::max_ooo_mem`); the window is bounded by it too.
     ooo_cap: u64,
     /// Truesize kept out of the window (see [`WINDOW_RESERVE_FRAMES`]).
@@ -188,6 +190,7 @@ impl Conn {
             ts_recent: o.timestamps.map(|t| t.0).unwrap_or(0),
             ts_recent_ms: now.as_millis(),
             ts_offset: iss.rotate_left(13),
+            dsack: None,
             ooo_cap: cfg.max_ooo_mem as u64,
             reserve: (WINDOW_RESERVE_FRAMES * cfg.frame_truesize.max(1) as u64)
                 .min(cfg.rcvbuf as u64 / 8),
@@ -327,14 +330,22 @@ impl Conn {
         if self.ts_ok {
             options.timestamps = Some((self.ts_val(now), self.ts_recent));
         }
-        if self.sack_ok && !self.reasm.is_empty() {
+        let dsack = self.dsack.take().filter(|_| io.cfg.dsack);
+        if self.sack_ok && (dsack.is_some() || !self.reasm.is_empty()) {
             let mut r = [(0u64, 0u64); 4];
             let max = if self.ts_ok { 3 } else { 4 };
-            let n = self.reasm.sack_ranges(max, &mut r);
-            for (i, &(s, e)) in r[..n].iter().enumerate() {
-                options.sack[i] = (self.seq_of(s), self.seq_of(e));
+            let mut k = 0;
+            if let Some(d) = dsack {
+                // RFC 2883: the duplicate range goes first, the usual blocks follow.
+                options.sack[0] = d;
+                k = 1;
+                self.stats.dsacks_sent += 1;
             }
-            options.sack_count = n as u8;
+            let n = self.reasm.sack_ranges(max - k, &mut r);
+            for (i, &(s, e)) in r[..n].iter().enumerate() {
+                options.sack[k + i] = (self.seq_of(s), self.seq_of(e));
+            }
+            options.sack_count = (k + n) as u8;
         }
         self.emit(io, self.snd_nxt, TcpFlags::ACK, window, options);
         self.last_ack_sent = self.rcv_nxt;
@@ -531,6 +542,9 @@ impl Conn {
                     && now.as_millis().saturating_sub(self.ts_recent_ms) < TWENTY_FOUR_DAYS_MS
                 {
                     self.stats.paws_drops += 1;
+                    if p.payload_len > 0 {
+                        self.set_dsack(t.seq, t.seq.wrapping_add(p.payload_len as u32));
+                    }
                     self.send_ack(now, io);
                     self.stats.dup_acks_sent += 1;
                     return out;
@@ -566,6 +580,10 @@ impl Conn {
                 self.stats.out_of_window += 1;
                 if seq::lt(t.seq, self.rcv_nxt) {
                     self.stats.dup_bytes += len as u64;
+                    let end = t.seq.wrapping_add(len);
+                    if len > 0 && seq::le(end, self.rcv_nxt) {
+                        self.set_dsack(t.seq, end);
+                    }
                 }
                 self.send_ack(now, io);
                 self.stats.dup_acks_sent += 1;
@@ -644,6 +662,9 @@ impl Conn {
         if seq::lt(seg_seq, self.rcv_nxt) {
             let cut = self.rcv_nxt.wrapping_sub(seg_seq).min(len);
             self.stats.dup_bytes += cut as u64;
+            if cut > 0 {
+                self.set_dsack(seg_seq, seg_seq.wrapping_add(cut));
+            }
             len -= cut;
             off += cut;
             seg_seq = seg_seq.wrapping_add(cut);
@@ -687,6 +708,14 @@ impl Conn {
             }
             let start = self.rcv_off + seg_seq.wrapping_sub(self.rcv_nxt) as u64;
             let in_order = start == self.rcv_off;
+            if !in_order && self.reasm.covers(start, start + len as u64) {
+                // Every byte is already held out of order: report it (D-SACK), store nothing.
+                self.stats.dup_bytes += len as u64;
+                self.set_dsack(seg_seq, seg_seq.wrapping_add(len));
+                self.stats.dup_acks_sent += 1;
+                self.send_ack(now, io);
+                return out;
+            }
             // Memory admission. The window is derived from the same accounting, so a sender of
             // full-sized segments never gets here with in-window data that does not fit.
             let fits = |c: &Conn| {
@@ -757,6 +786,7 @@ impl Conn {
                     }
                     Insert::Duplicate => {
                         self.stats.dup_bytes += len as u64;
+                        self.set_dsack(seg_seq, seg_seq.wrapping_add(len));
                         self.forget_slot(slot);
                     }
                     Insert::TooManyRanges => {
@@ -809,6 +839,12 @@ impl Conn {
         self.ooo_truesize
     }
 
+    /// Remembers a duplicate range for the next ACK (RFC 2883); the latest one wins.
+    fn set_dsack(&mut self, start: u32, end: u32) {
+        if self.sack_ok && seq::lt(start, end) {
+            self.dsack = Some((start, end));
+        }
+    }
 
     /// A segment leaves the out-of-order store (to the in-order queue or released).
     fn ooo_leave(&mut self, slot: u32) {

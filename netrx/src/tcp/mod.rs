@@ -115,6 +115,8 @@ pub struct Config {
     /// (window <= `max_ooo_mem` x payload/truesize), so in-window data is never dropped and
     /// SACKed data never discarded for it. Default: no bound beyond `rcvbuf`.
     pub max_ooo_mem: u32,
+    /// Report duplicate segments in the first SACK block (D-SACK, RFC 2883); needs SACK.
+    pub dsack: bool,
     /// Challenge ACKs per connection per second (RFC 5961 section 7).
     pub challenge_ack_limit: u32,
     /// Secret for initial sequence numbers (RFC 6528); set it randomly in production.
@@ -144,6 +146,7 @@ impl Default for Config {
             time_wait: Duration::from_secs(30),
             max_ooo_ranges: 64,
             max_ooo_mem: u32::MAX,
+            dsack: true,
             challenge_ack_limit: 10,
             isn_secret: 0x6e65_7472_7820_6973,
         }
@@ -172,6 +175,8 @@ pub struct ConnStats {
     pub window_updates: u64,
     pub zero_window_acks: u64,
     pub paws_drops: u64,
+    /// ACKs that carried a D-SACK block (RFC 2883).
+    pub dsacks_sent: u64,
     pub challenge_acks: u64,
     pub rst_received: u64,
     pub rst_sent: u64,

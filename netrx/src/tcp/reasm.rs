@@ -184,6 +184,11 @@ impl Reasm {
         }
     }
 
+    /// Whether every byte of [s, e) is held.
+    pub fn covers(&self, s: u64, e: u64) -> bool {
+        let i = self.ranges.partition_point(|r| r.1 <= s);
+        self.ranges.get(i).is_some_and(|r| r.0 <= s && e <= r.1)
+    }
 
     /// Removes the highest segment (pruning under memory pressure).
     pub fn pop_last(&mut self) -> Option<SegRef> {
