@@ -831,8 +831,11 @@ fn whole_advertised_window_out_of_order_is_held_and_never_reneged() {
     // Default config: rcvbuf 4 MiB of 4 KiB frames, 1448-byte segments. The window is derived
     // from the same memory accounting as the out-of-order store, so a full window of
     // out-of-order segments fits: nothing in the window is dropped and nothing SACKed is
-    // discarded.
-    let mut h = Harness::new(Config::default());
+    // discarded. (SACK compression off: every ACK is checked.)
+    let mut h = Harness::new(Config {
+        comp_sack_nr: 0,
+        ..Config::default()
+    });
     let sa = h.handshake(true);
     let wscale = sa.pkt.tcp.options.window_scale.unwrap() as u32;
     const MSS: usize = 1448;
@@ -899,4 +902,57 @@ fn max_ooo_mem_bounds_the_window_instead_of_dropping() {
     let info = h.ep.info(h.id()).unwrap();
     assert_eq!(info.stats.mem_drops + info.stats.ooo_pruned, 0);
     assert!(info.ooo_mem <= 64 * 4096);
+}
+
+#[test]
+fn sack_compression_after_three_immediate_dup_acks() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    let base = h.iss.wrapping_add(1);
+    let data = pattern(1000 * 12, 5);
+    let seg = |i: usize| &data[i * 1000..(i + 1) * 1000];
+    h.send_data(0, seg(0), false);
+    h.advance(Duration::from_millis(50));
+    h.tx();
+    // Hole at 1000..2000: three immediate duplicate ACKs (fast retransmit still triggers) ...
+    for i in 2..5 {
+        h.send_data((i * 1000) as u32, seg(i), false);
+        let t = h.tx();
+        assert_eq!(t.len(), 1, "immediate duplicate ACK {i}");
+        assert_eq!(h.ack_of(&t[0]), 1000);
+    }
+    // ... then out-of-order ACKs are held back and merged.
+    for i in 5..9 {
+        h.send_data((i * 1000) as u32, seg(i), false);
+        assert!(h.tx().is_empty(), "segment {i}: ACK compressed");
+    }
+    let deadline = h.ep.poll_timeout().expect("compression timer");
+    assert!(deadline <= h.now + Duration::from_millis(1));
+    h.advance(Duration::from_millis(1));
+    let t = h.tx();
+    assert_eq!(t.len(), 1, "one ACK for the compressed ones");
+    assert_eq!(t[0].sack(), vec![(base + 2000, base + 9000)]);
+    assert_eq!(h.ep.info(h.id()).unwrap().stats.acks_compressed, 4);
+    // The hole fills: ACK at once; a new hole gets three immediate duplicate ACKs again.
+    h.send_data(1000, seg(1), false);
+    let t = h.tx();
+    assert_eq!(h.ack_of(&t[0]), 9000);
+    for i in 10..12 {
+        h.send_data((i * 1000) as u32, seg(i), false);
+        assert_eq!(h.tx().len(), 1);
+    }
+    h.send_data(9000, seg(9), false);
+    h.read_all();
+    assert_eq!(h.received, data);
+
+    // Turned off: every out-of-order segment is acknowledged at once.
+    let mut h = Harness::new(Config {
+        comp_sack_nr: 0,
+        ..no_quickack()
+    });
+    h.handshake(true);
+    for i in 2..9 {
+        h.send_data((i * 1000) as u32, seg(i), false);
+        assert_eq!(h.tx().len(), 1);
+    }
 }

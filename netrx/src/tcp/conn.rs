@@ -111,6 +111,13 @@ pub(crate) struct Conn {
     pub eof: bool,
     pub pieces_out: u32,
     // ACK scheduling.
+    /// SACK compression (Linux `tcp_comp_sack_*`): `rcv_nxt` the duplicate-ACK counter is for,
+    /// immediate duplicate ACKs sent for it, and ACKs held back since the last one sent.
+    comp_rcv_nxt: u32,
+    dup_ack_counter: u32,
+    compressed: u32,
+    /// Receive-side RTT estimate from echoed timestamps (Linux `rcv_rtt_est`), microseconds.
+    rcv_rtt_us: u64,
     unacked_bytes: u32,
     quickack: u32,
     ack_deadline: Option<Instant>,
@@ -205,6 +212,10 @@ impl Conn {
             ooo_fin: None,
             eof: false,
             pieces_out: 0,
+            comp_rcv_nxt: irs.wrapping_add(1),
+            dup_ack_counter: 0,
+            compressed: 0,
+            rcv_rtt_us: 0,
             unacked_bytes: 0,
             quickack: cfg.quickack_segments,
             ack_deadline: None,
@@ -351,6 +362,7 @@ impl Conn {
         self.last_ack_sent = self.rcv_nxt;
         self.unacked_bytes = 0;
         self.ack_deadline = None;
+        self.compressed = 0;
         self.stats.acks_sent += 1;
     }
 
@@ -527,6 +539,7 @@ impl Conn {
             self.rtx = None;
             let rtt = now.saturating_since(self.synack_sent_at);
             self.rto = (rtt * 3).clamp(io.cfg.min_rto, Duration::from_secs(3));
+            self.rcv_rtt_us = (rtt.as_micros() as u64).max(1);
             out.established = true;
             out.notify = true;
         }
@@ -699,6 +712,7 @@ impl Conn {
 
         let mut immediate_ack = false;
         if len > 0 {
+            self.sample_rcv_rtt(p, now);
             if len > self.rcv_mss {
                 self.rcv_mss = len.min(self.our_mss);
             }
@@ -794,8 +808,12 @@ impl Conn {
                         self.forget_slot(slot);
                     }
                 }
-                immediate_ack = true;
-                self.stats.dup_acks_sent += 1;
+                if self.compress_sack(now, io) {
+                    self.stats.acks_compressed += 1;
+                } else {
+                    immediate_ack = true;
+                    self.stats.dup_acks_sent += 1;
+                }
             }
         } else if p.payload_len > 0 {
             // Entirely duplicate payload (partially acceptable segments trimmed to nothing).
@@ -837,6 +855,56 @@ impl Conn {
     /// Truesize of the frames held by the out-of-order store.
     pub fn ooo_mem(&self) -> u64 {
         self.ooo_truesize
+    }
+
+    /// Whether to hold back the duplicate ACK for out-of-order data (SACK compression, as Linux
+    /// `__tcp_ack_snd_check`): the first three for each `rcv_nxt` go out at once so fast
+    /// retransmit triggers, later ones are held for min(RTT / 20, `comp_sack_delay`) and at
+    /// most `comp_sack_nr` are merged into one ACK.
+    fn compress_sack(&mut self, now: Instant, io: &Io) -> bool {
+        if !self.sack_ok || io.cfg.comp_sack_nr == 0 || self.compressed >= io.cfg.comp_sack_nr {
+            return false;
+        }
+        if self.comp_rcv_nxt != self.rcv_nxt {
+            self.comp_rcv_nxt = self.rcv_nxt;
+            self.dup_ack_counter = 0;
+        }
+        if self.dup_ack_counter < 3 {
+            self.dup_ack_counter += 1;
+            return false;
+        }
+        self.compressed += 1;
+        let delay = io
+            .cfg
+            .comp_sack_delay
+            .min(Duration::from_micros(self.rcv_rtt_us.max(1000) / 20));
+        let d = now + delay;
+        if self.ack_deadline.is_none_or(|x| x > d) {
+            self.ack_deadline = Some(d);
+        }
+        true
+    }
+
+    /// Updates the receive RTT estimate from the echoed timestamp of a data segment.
+    fn sample_rcv_rtt(&mut self, p: &Packet, now: Instant) {
+        if !self.ts_ok {
+            return;
+        }
+        if let Some((_, ecr)) = p.tcp.options.timestamps {
+            if ecr == 0 {
+                return;
+            }
+            let ms = self.ts_val(now).wrapping_sub(ecr) as i32;
+            if !(0..60_000).contains(&ms) {
+                return;
+            }
+            let sample = (ms.max(1) as u64) * 1000;
+            self.rcv_rtt_us = if self.rcv_rtt_us == 0 {
+                sample
+            } else {
+                (self.rcv_rtt_us * 7 + sample) / 8
+            };
+        }
     }
 
     /// Remembers a duplicate range for the next ACK (RFC 2883); the latest one wins.

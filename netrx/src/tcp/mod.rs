@@ -117,6 +117,11 @@ pub struct Config {
     pub max_ooo_mem: u32,
     /// Report duplicate segments in the first SACK block (D-SACK, RFC 2883); needs SACK.
     pub dsack: bool,
+    /// SACK compression (Linux `tcp_comp_sack_nr`): after three immediate duplicate ACKs for
+    /// the same `rcv_nxt`, at most this many out-of-order ACKs are merged into one (0: off).
+    pub comp_sack_nr: u32,
+    /// ... held at most min(RTT / 20, this) (Linux `tcp_comp_sack_delay_ns`).
+    pub comp_sack_delay: Duration,
     /// Challenge ACKs per connection per second (RFC 5961 section 7).
     pub challenge_ack_limit: u32,
     /// Secret for initial sequence numbers (RFC 6528); set it randomly in production.
@@ -147,6 +152,8 @@ impl Default for Config {
             max_ooo_ranges: 64,
             max_ooo_mem: u32::MAX,
             dsack: true,
+            comp_sack_nr: 44,
+            comp_sack_delay: Duration::from_millis(1),
             challenge_ack_limit: 10,
             isn_secret: 0x6e65_7472_7820_6973,
         }
@@ -171,6 +178,8 @@ pub struct ConnStats {
     pub mem_drops: u64,
     pub acks_sent: u64,
     pub dup_acks_sent: u64,
+    /// Out-of-order ACKs held back and merged (SACK compression).
+    pub acks_compressed: u64,
     pub delayed_acks: u64,
     pub window_updates: u64,
     pub zero_window_acks: u64,
