@@ -529,7 +529,7 @@ fn hung_dma_times_out_aborts_and_is_redone() {
         s,
         Segment {
             frame: FrameId(2),
-            src: src.add(1000),
+            src: src.plus(1000),
             len: 1000,
             psh: false,
         },
@@ -645,7 +645,7 @@ fn adaptive_chains_ops_per_doorbell_and_coalesces_contiguous_sources() {
         r.s,
         Segment {
             frame: FrameId(901),
-            src: at.add(8192),
+            src: at.plus(8192),
             len: 8192,
             psh: false,
         },

@@ -491,7 +491,7 @@ impl<E: CopyEngine> Copier<E> {
     ) -> Result<(), CopyError> {
         let st = &mut self.streams[s.0 as usize];
         let p = st.posted.as_mut().expect("placing needs a posted receive");
-        let dst = p.dst.add(p.copied);
+        let dst = p.dst.plus(p.copied);
         p.copied += len;
         if dma {
             self.dma_piece(s, frame, src, dst, len);
@@ -536,7 +536,7 @@ impl<E: CopyEngine> Copier<E> {
                 return Ok(());
             }
             let n = room.min(q.len - q.off);
-            let (frame, src) = (q.frame, q.src.add(q.off));
+            let (frame, src) = (q.frame, q.src.plus(q.off));
             q.off += n;
             let consumed = q.off == q.len;
             if consumed {
@@ -576,12 +576,12 @@ impl<E: CopyEngine> Copier<E> {
                 }
                 let n = left.min(q.len - q.off);
                 left -= n;
-                Some((q.src.add(q.off), n))
+                Some((q.src.plus(q.off), n))
             })
             .collect();
         for (src, n) in pieces {
             self.cpu_copy(s, src, at, n)?;
-            at = at.add(n);
+            at = at.plus(n);
         }
         let p = self.streams[s.0 as usize].posted.as_mut().expect("checked");
         p.copied = total;
@@ -635,8 +635,8 @@ impl<E: CopyEngine> Copier<E> {
         let max = self.engine.max_len();
         if let Some(p) = self.pending.as_mut() {
             if p.stream == s
-                && p.src.add(p.len) == src
-                && p.dst.add(p.len) == dst
+                && p.src.plus(p.len) == src
+                && p.dst.plus(p.len) == dst
                 && p.len + len <= max
             {
                 p.len += len;
@@ -661,8 +661,8 @@ impl<E: CopyEngine> Copier<E> {
             self.pending = Some(OpInfo {
                 stream: s,
                 frames: vec![frame],
-                src: src.add(off),
-                dst: dst.add(off),
+                src: src.plus(off),
+                dst: dst.plus(off),
                 len: n,
                 submit_ns: now,
                 behind: false,

@@ -273,7 +273,7 @@ impl CopyEngine for NullEngine {
                 // A failed copy leaves garbage behind: copy half, scribble the rest.
                 let half = q.op.len / 2;
                 let _ = mem.copy(q.op.src, q.op.dst, half);
-                let _ = mem.fill(q.op.dst.add(half), q.op.len - half, 0xEE);
+                let _ = mem.fill(q.op.dst.plus(half), q.op.len - half, 0xEE);
                 Err(EngineError::Device(format!(
                     "injected fault on op {}",
                     q.index
@@ -377,7 +377,7 @@ mod tests {
             &r,
             CopyOp {
                 src: s,
-                dst: d.add(50),
+                dst: d.plus(50),
                 len: 50,
                 cookie: 2,
             },

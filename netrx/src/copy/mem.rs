@@ -33,7 +33,7 @@ impl MemRef {
     }
 
     /// The position `n` bytes further on.
-    pub fn add(self, n: usize) -> Self {
+    pub fn plus(self, n: usize) -> Self {
         Self {
             region: self.region,
             offset: self.offset + n,
@@ -80,8 +80,10 @@ pub struct HeapRegion {
 impl HeapRegion {
     const ALIGN: usize = 4096;
 
-    /// Allocates `len` zeroed bytes (at least one page is reserved).
+    /// Allocates at least `len` zeroed bytes, rounded up to whole 4 KiB pages (so the region
+    /// can be DMA-mapped); `len()` reports the rounded size.
     pub fn new(len: usize) -> Self {
+        let len = len.max(1).div_ceil(Self::ALIGN) * Self::ALIGN;
         let layout = Self::layout(len);
         // SAFETY: the layout has a non-zero size (at least one page).
         let raw = unsafe { alloc::alloc_zeroed(layout) };
@@ -90,8 +92,7 @@ impl HeapRegion {
     }
 
     fn layout(len: usize) -> Layout {
-        Layout::from_size_align(len.max(Self::ALIGN), Self::ALIGN)
-            .expect("region size overflows the address space")
+        Layout::from_size_align(len, Self::ALIGN).expect("region size overflows the address space")
     }
 }
 
@@ -180,6 +181,21 @@ impl Regions {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Ids of all regions.
+    pub fn ids(&self) -> impl Iterator<Item = RegionId> {
+        (0..self.entries.len() as u32).map(RegionId)
+    }
+
+    /// The memory of a region (to keep it alive while it is mapped).
+    pub fn memory(&self, id: RegionId) -> Result<Arc<dyn RegionMemory>, MemError> {
+        Ok(self.entry(id)?.mem.clone())
+    }
+
+    /// Device address of a region's byte 0, once set.
+    pub fn base_iova(&self, id: RegionId) -> Option<u64> {
+        self.entry(id).ok().and_then(|e| e.iova)
     }
 
     /// Whether DMA may write/read the region.
@@ -283,6 +299,15 @@ impl BufferPool {
     pub fn new(regions: &mut Regions, mem: Arc<dyn RegionMemory>, slot_len: usize) -> Self {
         assert!(slot_len > 0, "slot_len must be positive");
         let slots = mem.len() / slot_len;
+        Self::with_slots(regions, mem, slot_len, slots)
+    }
+
+    fn with_slots(
+        regions: &mut Regions,
+        mem: Arc<dyn RegionMemory>,
+        slot_len: usize,
+        slots: usize,
+    ) -> Self {
         let region = regions.add(mem, true);
         Self {
             region,
@@ -292,12 +317,14 @@ impl BufferPool {
         }
     }
 
-    /// A pool over plain heap memory (tests, CPU engine).
+    /// A pool of `slots` buffers over plain heap memory (tests, CPU engine).
     pub fn heap(regions: &mut Regions, slots: usize, slot_len: usize) -> Self {
-        Self::new(
+        assert!(slot_len > 0, "slot_len must be positive");
+        Self::with_slots(
             regions,
             Arc::new(HeapRegion::new(slots * slot_len)),
             slot_len,
+            slots,
         )
     }
 
@@ -349,7 +376,7 @@ mod tests {
         r.read(MemRef::new(b, 0), &mut out).unwrap();
         assert_eq!(&out, b"hello");
         assert!(matches!(
-            r.copy(MemRef::new(a, 60), MemRef::new(b, 0), 5),
+            r.copy(MemRef::new(a, 4094), MemRef::new(b, 0), 5),
             Err(MemError::OutOfBounds { .. })
         ));
         assert!(matches!(
@@ -363,6 +390,9 @@ mod tests {
         r.set_iova(a, 0x1000).unwrap();
         assert_eq!(r.iova(MemRef::new(a, 8), 1).unwrap(), 0x1008);
         assert!(r.dma_ok(a) && !r.dma_ok(b) && !r.dma_ok(RegionId(9)));
+        assert_eq!(r.memory(a).unwrap().len(), 4096, "rounded to whole pages");
+        assert_eq!(r.base_iova(a), Some(0x1000));
+        assert_eq!(r.ids().count(), 2);
         assert!(r
             .resolve(MemRef::new(RegionId(9), 0), 1)
             .unwrap_err()

@@ -3,6 +3,7 @@
 //!
 //! - [`policy`]: pure decisions (`cpu`, `netdma` = Linux 2.6.32 NET_DMA rules, `adaptive`).
 //! - [`engine`]: the [`CopyEngine`] trait with asynchronous completions; CPU and null engines.
+//! - [`ioat`]: the I/OAT engine over an `ioat_driver::Channel` (device or model).
 //! - [`mem`]: regions of frame memory and registered buffers ([`BufferPool`]), mapped once.
 //! - [`copier`]: one poller's copy path — policy + engine + ownership bookkeeping ([`Copier`]).
 //! - [`stats`]: counters per stream and per poller.
@@ -11,6 +12,7 @@
 
 pub mod copier;
 pub mod engine;
+pub mod ioat;
 pub mod mem;
 pub mod policy;
 pub mod stats;
@@ -22,6 +24,7 @@ pub use copier::{
 pub use engine::{
     Completion, CopyEngine, CopyOp, CpuEngine, EngineError, FaultPlan, NullConfig, NullEngine,
 };
+pub use ioat::IoatEngine;
 pub use mem::{BufId, BufferPool, HeapRegion, MemError, MemRef, RegionId, RegionMemory, Regions};
 pub use policy::{
     ChannelView, CostModel, Decision, NoDma, Policy, PolicyConfig, PolicyKind, ReaderView,
