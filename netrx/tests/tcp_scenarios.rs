@@ -956,3 +956,38 @@ fn sack_compression_after_three_immediate_dup_acks() {
         assert_eq!(h.tx().len(), 1);
     }
 }
+
+#[test]
+fn compressed_ack_goes_out_before_a_changed_range_could_go_unreported() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    let base = h.iss.wrapping_add(1);
+    let data = pattern(1000 * 14, 6);
+    let seg = |i: usize| &data[i * 1000..(i + 1) * 1000];
+    h.send_data(0, seg(0), false);
+    h.advance(Duration::from_millis(50));
+    h.tx();
+    // Three immediate duplicate ACKs, each opening a range.
+    for i in [2, 4, 6] {
+        h.send_data((i * 1000) as u32, seg(i), false);
+        assert_eq!(h.tx().len(), 1);
+    }
+    // Compressed: two more ranges change ...
+    for i in [8, 10] {
+        h.send_data((i * 1000) as u32, seg(i), false);
+        assert!(h.tx().is_empty());
+    }
+    // ... a third fills the 3 SACK blocks beside timestamps: the ACK goes out now, reporting
+    // every range changed since the last ACK.
+    h.send_data(3000, seg(3), false);
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        t[0].sack(),
+        vec![
+            (base + 2000, base + 5000),
+            (base + 10000, base + 11000),
+            (base + 8000, base + 9000)
+        ]
+    );
+}

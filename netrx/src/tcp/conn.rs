@@ -116,6 +116,9 @@ pub(crate) struct Conn {
     comp_rcv_nxt: u32,
     dup_ack_counter: u32,
     compressed: u32,
+    /// Stream offsets of out-of-order data stored since the last ACK (SACK compression sends
+    /// the ACK before more ranges changed than its SACK blocks can report).
+    comp_touched: Vec<u64>,
     /// Receive-side RTT estimate from echoed timestamps (Linux `rcv_rtt_est`), microseconds.
     rcv_rtt_us: u64,
     unacked_bytes: u32,
@@ -215,6 +218,7 @@ impl Conn {
             comp_rcv_nxt: irs.wrapping_add(1),
             dup_ack_counter: 0,
             compressed: 0,
+            comp_touched: Vec::new(),
             rcv_rtt_us: 0,
             unacked_bytes: 0,
             quickack: cfg.quickack_segments,
@@ -363,6 +367,7 @@ impl Conn {
         self.unacked_bytes = 0;
         self.ack_deadline = None;
         self.compressed = 0;
+        self.comp_touched.clear();
         self.stats.acks_sent += 1;
     }
 
@@ -808,7 +813,8 @@ impl Conn {
                         self.forget_slot(slot);
                     }
                 }
-                if self.compress_sack(now, io) {
+                let stored = out.held;
+                if self.compress_sack(now, io, stored.then_some(start)) {
                     self.stats.acks_compressed += 1;
                 } else {
                     immediate_ack = true;
@@ -861,9 +867,28 @@ impl Conn {
     /// `__tcp_ack_snd_check`): the first three for each `rcv_nxt` go out at once so fast
     /// retransmit triggers, later ones are held for min(RTT / 20, `comp_sack_delay`) and at
     /// most `comp_sack_nr` are merged into one ACK.
-    fn compress_sack(&mut self, now: Instant, io: &Io) -> bool {
+    ///
+    /// Like Linux (`tcp_sack_new_ofo_skb` sends the pending ACK before a SACK block would be
+    /// forgotten), the ACK goes out as soon as the ranges changed since the last ACK fill its
+    /// SACK blocks: a range extended but never reported would look lost to the sender, which
+    /// retransmits it spuriously.
+    fn compress_sack(&mut self, now: Instant, io: &Io, stored: Option<u64>) -> bool {
         if !self.sack_ok || io.cfg.comp_sack_nr == 0 || self.compressed >= io.cfg.comp_sack_nr {
             return false;
+        }
+        if let Some(off) = stored {
+            self.comp_touched.push(off);
+            let mut idx: Vec<usize> = self
+                .comp_touched
+                .iter()
+                .filter_map(|&o| self.reasm.range_index(o))
+                .collect();
+            idx.sort_unstable();
+            idx.dedup();
+            let blocks = if self.ts_ok { 3 } else { 4 } - self.dsack.is_some() as usize;
+            if idx.len() >= blocks {
+                return false;
+            }
         }
         if self.comp_rcv_nxt != self.rcv_nxt {
             self.comp_rcv_nxt = self.rcv_nxt;

@@ -138,15 +138,18 @@ impl Reasm {
             hi = hi.max(self.ranges[k - 1].1);
         }
         self.ranges.splice(j..k, std::iter::once((lo, hi)));
-        // Most recent first, no repeats.
-        let n = self.n_recent;
-        let found = self.recent[..n].iter().position(|&x| x == seg.start);
-        let pos = found.unwrap_or(n.min(3));
-        self.recent.copy_within(0..pos, 1);
-        self.recent[0] = seg.start;
-        if found.is_none() {
-            self.n_recent = (n + 1).min(4);
+        // Most recent first, one entry per range: entries now inside the merged range go.
+        let mut keep = [0u64; 3];
+        let mut m = 0;
+        for &x in &self.recent[..self.n_recent] {
+            if m < 3 && !(lo <= x && x < hi) {
+                keep[m] = x;
+                m += 1;
+            }
         }
+        self.recent[0] = seg.start;
+        self.recent[1..=m].copy_from_slice(&keep[..m]);
+        self.n_recent = m + 1;
         Insert::Stored
     }
 
@@ -182,6 +185,12 @@ impl Reasm {
                 break;
             }
         }
+    }
+
+    /// Index of the range holding stream offset `off`.
+    pub fn range_index(&self, off: u64) -> Option<usize> {
+        let i = self.ranges.partition_point(|r| r.1 <= off);
+        self.ranges.get(i).filter(|r| r.0 <= off).map(|_| i)
     }
 
     /// Whether every byte of [s, e) is held.
@@ -316,6 +325,16 @@ mod tests {
         let mut out = [(0, 0); 4];
         let n = r.sack_ranges(3, &mut out);
         assert_eq!(&out[..n], &[(100, 120), (300, 310), (200, 210)]);
+        // One entry per range: many segments into one range do not push others out.
+        let mut r2 = Reasm::new(8);
+        r2.insert(seg(1000, 10, 0), &mut f);
+        for i in 0..5 {
+            r2.insert(seg(100 + i * 10, 10, 1), &mut f);
+        }
+        r2.insert(seg(2000, 10, 2), &mut f);
+        let n = r2.sack_ranges(3, &mut out);
+        assert_eq!(&out[..n], &[(2000, 2010), (100, 150), (1000, 1010)]);
+        r2.check();
         let last = r.pop_last().unwrap();
         assert_eq!(last.start, 300);
         r.check();
