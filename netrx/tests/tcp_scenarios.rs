@@ -991,3 +991,29 @@ fn compressed_ack_goes_out_before_a_changed_range_could_go_unreported() {
         ]
     );
 }
+
+#[test]
+fn paws_drop_above_rcv_nxt_is_not_reported_as_sack() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    let base = h.iss.wrapping_add(1);
+    h.ts = Some(1000);
+    h.send_data(0, &[1u8; 1000], false);
+    h.tx();
+    // Old TSval on out-of-order data: dropped, and the dropped range must not appear in a
+    // SACK block (the sender would take it as received: reneging later).
+    h.ts = Some(900);
+    assert_eq!(
+        h.send_data(2000, &[2u8; 1000], false),
+        FrameDisposition::Free
+    );
+    let t = h.tx();
+    assert!(t[0].sack().is_empty());
+    // Old TSval on a retransmission straddling rcv_nxt: only the old part is a D-SACK.
+    assert_eq!(
+        h.send_data(500, &[1u8; 1000], false),
+        FrameDisposition::Free
+    );
+    let t = h.tx();
+    assert_eq!(t[0].sack(), vec![(base + 500, base + 1000)]);
+}

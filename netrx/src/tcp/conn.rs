@@ -560,8 +560,16 @@ impl Conn {
                     && now.as_millis().saturating_sub(self.ts_recent_ms) < TWENTY_FOUR_DAYS_MS
                 {
                     self.stats.paws_drops += 1;
-                    if p.payload_len > 0 {
-                        self.set_dsack(t.seq, t.seq.wrapping_add(p.payload_len as u32));
+                    // Only the part below rcv_nxt is a known duplicate (as Linux
+                    // `tcp_send_dupack`): reporting dropped data above it would read as a SACK.
+                    let end = t.seq.wrapping_add(p.payload_len as u32);
+                    if seq::lt(t.seq, self.rcv_nxt) {
+                        let end = if seq::gt(end, self.rcv_nxt) {
+                            self.rcv_nxt
+                        } else {
+                            end
+                        };
+                        self.set_dsack(t.seq, end);
                     }
                     self.send_ack(now, io);
                     self.stats.dup_acks_sent += 1;
