@@ -134,6 +134,7 @@ struct Harness<E: CopyEngine> {
     uses: u64,
     realtime: bool,
     max_spins: usize,
+    last_peek: bool,
 }
 
 impl<E: CopyEngine> Harness<E> {
@@ -174,6 +175,7 @@ impl<E: CopyEngine> Harness<E> {
             uses: 0,
             realtime,
             max_spins: if realtime { 400_000 } else { 10_000 },
+            last_peek: false,
         }
     }
 
@@ -183,7 +185,13 @@ impl<E: CopyEngine> Harness<E> {
         }
         let mut spec = self.recvs[self.next_recv % self.recvs.len()].clone();
         self.next_recv += 1;
-        // A blocking peek may wait for more than the frame pool can hold: peek without waiting.
+        // A peek consumes nothing: never two in a row, or a reader that only peeks would hold
+        // every frame. A blocking peek may wait for more than the frame pool can hold: peek
+        // without waiting.
+        if spec.peek && self.last_peek {
+            spec.peek = false;
+        }
+        self.last_peek = spec.peek;
         if spec.peek {
             spec.nonblocking = true;
         }
