@@ -239,6 +239,11 @@ impl Conn {
         (now.as_millis() as u32).wrapping_add(self.ts_offset)
     }
 
+    /// The timestamps option (TSval, TSecr) to send, when timestamps were negotiated.
+    fn ts_option(&self, now: Instant) -> Option<(u32, u32)> {
+        self.ts_ok.then(|| (self.ts_val(now), self.ts_recent))
+    }
+
     fn emit(&mut self, io: &mut Io, seq: u32, flags: u8, window: u16, options: OptionsOut) {
         let spec = SegmentSpec {
             seq,
@@ -261,11 +266,7 @@ impl Conn {
                 None
             },
             sack_permitted: self.sack_ok,
-            timestamps: if self.ts_ok {
-                Some((self.ts_val(now), self.ts_recent))
-            } else {
-                None
-            },
+            timestamps: self.ts_option(now),
             ..Default::default()
         };
         self.emit(
@@ -341,10 +342,10 @@ impl Conn {
     /// Sends an ACK now (with SACK blocks and timestamps when negotiated).
     pub fn send_ack(&mut self, now: Instant, io: &mut Io) {
         let window = self.select_window();
-        let mut options = OptionsOut::default();
-        if self.ts_ok {
-            options.timestamps = Some((self.ts_val(now), self.ts_recent));
-        }
+        let mut options = OptionsOut {
+            timestamps: self.ts_option(now),
+            ..Default::default()
+        };
         let dsack = self.dsack.take().filter(|_| io.cfg.dsack);
         if self.sack_ok && (dsack.is_some() || !self.reasm.is_empty()) {
             let mut r = [(0u64, 0u64); 4];
@@ -378,11 +379,7 @@ impl Conn {
     fn send_fin(&mut self, now: Instant, io: &mut Io) {
         let window = self.select_window();
         let options = OptionsOut {
-            timestamps: if self.ts_ok {
-                Some((self.ts_val(now), self.ts_recent))
-            } else {
-                None
-            },
+            timestamps: self.ts_option(now),
             ..Default::default()
         };
         self.emit(
