@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use super::conn::{Conn, Io, Outcome};
+use super::reasm::SegRef;
 use super::timers::{earliest, Instant};
 use super::{Config, ConnId, ConnInfo, FrameId, State, TcpError};
 use crate::wire::tcp::{OptionsOut, TcpFlags};
@@ -32,6 +33,20 @@ pub struct RxSegment {
     /// The segment carried PSH and this piece ends it.
     pub psh: bool,
     slot: u32,
+}
+
+impl RxSegment {
+    fn new(conn: ConnId, frame: FrameId, g: SegRef) -> Self {
+        RxSegment {
+            conn,
+            frame,
+            offset: g.off,
+            len: g.len,
+            stream_offset: g.start,
+            psh: g.psh,
+            slot: g.slot,
+        }
+    }
 }
 
 /// Endpoint-wide counters.
@@ -506,15 +521,8 @@ impl Endpoint {
     /// The unread in-order segments, in order, without taking them.
     pub fn peek(&self, id: ConnId) -> impl Iterator<Item = RxSegment> + '_ {
         self.conn(id).into_iter().flat_map(move |c| {
-            c.queued().map(move |(frame, g)| RxSegment {
-                conn: id,
-                frame,
-                offset: g.off,
-                len: g.len,
-                stream_offset: g.start,
-                psh: g.psh,
-                slot: g.slot,
-            })
+            c.queued()
+                .map(move |(frame, g)| RxSegment::new(id, frame, g))
         })
     }
 
@@ -522,15 +530,7 @@ impl Endpoint {
     /// frame stays referenced until [`Endpoint::release`] is called for the piece.
     pub fn read(&mut self, id: ConnId, max: usize) -> Result<Option<RxSegment>, TcpError> {
         let c = self.conn_mut(id).ok_or(TcpError::UnknownConnection)?;
-        Ok(c.read(max).map(|(frame, g)| RxSegment {
-            conn: id,
-            frame,
-            offset: g.off,
-            len: g.len,
-            stream_offset: g.start,
-            psh: g.psh,
-            slot: g.slot,
-        }))
+        Ok(c.read(max).map(|(frame, g)| RxSegment::new(id, frame, g)))
     }
 
     /// The consumer finished with a piece from [`Endpoint::read`] (its copies completed).
