@@ -54,8 +54,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+pub use crate::copy::IoatEngine;
 pub use bufpool::{BufPool, RegisteredBuf};
-pub use engine::{model_timing, AnyEngine, IoatEngine, MODEL_BYTES_PER_SEC, MODEL_PER_DESC};
+pub use engine::{model_timing, AnyEngine, MODEL_BYTES_PER_SEC, MODEL_PER_DESC};
 pub use ioat_driver::model::{ModelDevice, Preset, Timing};
 
 use crate::copy::{CopyStats, PolicyKind, RecvRequest, NETDMA_DEFAULT_COPYBREAK};

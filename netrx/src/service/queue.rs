@@ -12,11 +12,12 @@ use std::time::{Duration, Instant as StdInstant};
 use parking_lot::Mutex;
 
 use super::bufpool::{BufPool, PoolShared};
-use super::engine::{new_model, AnyEngine, IoatEngine};
+use super::engine::{new_model, AnyEngine};
 use super::{
     EngineKind, Listener, QueueShared, QueueStats, Reply, Request, ServiceConfig, Status,
     StreamParts, StreamShared, Target, Waker,
 };
+use crate::copy::IoatEngine;
 use crate::copy::{
     Copier, CopierConfig, CpuEngine, Event, FrameId, MemRef, MonotonicClock, NullConfig,
     NullEngine, PolicyConfig, RegionId, RegionMemory, Regions, Segment, StreamId,
@@ -115,13 +116,10 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
                 let ch = dev
                     .channel(i as u32, ioat_driver::ChannelConfig::default())
                     .map_err(|e| other(format!("model channel {i}: {e}")))?;
-                let mut e = IoatEngine::new(ch, dev.mapper());
-                // SAFETY: the UMEM and the pool outlive the engine (dropped by the poller
-                // before its socket; the pool's Arc is held by the regions table).
-                unsafe {
-                    e.map(r, UMEM_REGION).map_err(other)?;
-                    e.map(r, POOL_REGION).map_err(other)?;
-                }
+                // Maps the UMEM and the pool once (the poller drops the engine before its
+                // socket, so the UMEM outlives the mapping).
+                let e = IoatEngine::new(ch, dev.mapper(), r)
+                    .map_err(|e| other(format!("mapping UMEM and pool for DMA: {e}")))?;
                 engines.push(AnyEngine::Model(Box::new(e)));
             }
             model = Some(m);
@@ -249,12 +247,8 @@ fn open_vfio(bdf: &str, r: &mut Regions) -> io::Result<AnyEngine> {
     let ch = d
         .channel(0, ioat_driver::ChannelConfig::default())
         .map_err(|e| other(format!("{bdf}: channel 0: {e}")))?;
-    let mut e = IoatEngine::new(ch, mapper);
-    // SAFETY: as for the model: UMEM and pool outlive the engine.
-    unsafe {
-        e.map(r, UMEM_REGION).map_err(other)?;
-        e.map(r, POOL_REGION).map_err(other)?;
-    }
+    let e = IoatEngine::new(ch, mapper, r)
+        .map_err(|e| other(format!("{bdf}: mapping UMEM and pool for DMA: {e}")))?;
     Ok(AnyEngine::Vfio(Box::new(e)))
 }
 

@@ -19,12 +19,13 @@ use serde::Serialize;
 
 use ioat_driver::model::{Preset, Timing};
 use ioat_driver::{ChannelConfig, Device};
+use netrx::copy::IoatEngine;
 use netrx::copy::{
     BufferPool, Completion, Copier, CopierConfig, CopyEngine, CopyOp, CopyStats, EngineError,
     Event, FrameId, HeapRegion, MemRef, MonotonicClock, NoDma, PolicyConfig, PolicyKind,
     RecvRequest, RegionId, Regions, Segment,
 };
-use netrx::service::engine::{new_model, IoatEngine};
+use netrx::service::engine::new_model;
 
 use super::copy_sizes::loadavg;
 use super::{fmt_ratio, median, ratio, thread_cpu_ns, utc_now};
@@ -380,15 +381,13 @@ pub fn run_one(o: &Opts, seg: usize, kind: PolicyKind, rcvlowat: usize) -> Resul
             let ch = dev
                 .channel(0, ChannelConfig::default())
                 .map_err(|e| anyhow!("model channel 0: {e}"))?;
-            let engine = IoatEngine::new(ch, dev.mapper());
+            // Nothing to map yet: run_with maps its regions once they exist.
+            let engine = IoatEngine::new(ch, dev.mapper(), &mut Regions::new())
+                .map_err(|e| anyhow!("model engine: {e}"))?;
             run_with(o, seg, kind, rcvlowat, engine, |e, regions| {
-                for id in [RegionId(0), RegionId(1)] {
-                    // SAFETY: both regions are owned by `regions`, which moves into the copier
-                    // together with the engine and outlives every copy; the copier touches
-                    // them only through `Regions`.
-                    unsafe { e.map(regions, id) }.map_err(|e| anyhow!(e))?;
-                }
-                Ok(())
+                e.map_regions(regions)
+                    .map(drop)
+                    .map_err(|e| anyhow!("mapping the bench regions for DMA: {e}"))
             })
         }
     }
