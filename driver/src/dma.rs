@@ -530,6 +530,19 @@ impl DmaRegion {
         }
     }
 
+    /// [`Self::check`] for one 8-byte word, which must also be 8-byte aligned.
+    fn check_u64(&self, off: usize) -> Result<(), MapError> {
+        self.check(off, 8)?;
+        if off % 8 != 0 {
+            return Err(MapError::Misaligned {
+                vaddr: off as u64,
+                len: 8,
+                align: 8,
+            });
+        }
+        Ok(())
+    }
+
     /// Copies `src` into the region at `off`. Do not call while an operation writing that range
     /// is in flight (the bytes would race with the device).
     pub fn write(&self, off: usize, src: &[u8]) -> Result<(), MapError> {
@@ -570,14 +583,7 @@ impl DmaRegion {
     /// Volatile read of the 8-byte-aligned little-endian word at `off` (for words the device
     /// writes, such as the completion writeback).
     pub fn read_u64_volatile(&self, off: usize) -> Result<u64, MapError> {
-        self.check(off, 8)?;
-        if off % 8 != 0 {
-            return Err(MapError::Misaligned {
-                vaddr: off as u64,
-                len: 8,
-                align: 8,
-            });
-        }
+        self.check_u64(off)?;
         // SAFETY: in bounds and 8-byte aligned (the region start is page aligned); a volatile
         // read cannot be elided or merged, and no reference is created.
         let v = unsafe { std::ptr::read_volatile(self.as_ptr().add(off) as *const u64) };
@@ -587,14 +593,7 @@ impl DmaRegion {
 
     /// Volatile write of an 8-byte-aligned little-endian word at `off`.
     pub fn write_u64_volatile(&self, off: usize, val: u64) -> Result<(), MapError> {
-        self.check(off, 8)?;
-        if off % 8 != 0 {
-            return Err(MapError::Misaligned {
-                vaddr: off as u64,
-                len: 8,
-                align: 8,
-            });
-        }
+        self.check_u64(off)?;
         // SAFETY: in bounds and aligned; volatile raw write, no reference created.
         unsafe { std::ptr::write_volatile(self.as_ptr().add(off) as *mut u64, val.to_le()) };
         Ok(())
