@@ -4,8 +4,10 @@
 //!   root/CI guard every privileged test starts with.
 //! - [`relay`]: the impairment relay (a netem stand-in): loss, duplication, reordering,
 //!   corruption, delay/jitter and rate limiting of Ethernet frames between two interfaces.
+//! - [`stream`]: the seeded kernel TCP sender (SHA-256 of what it sent) and the iperf 2 client.
 //!
 //! See `docs/testing.md` for the test tiers and how to use both.
 
 pub mod netns;
 pub mod relay;
+pub mod stream;

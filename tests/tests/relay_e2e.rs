@@ -10,6 +10,7 @@ use netrx_tests::netns::{
     RECEIVER_ADDR6,
 };
 use netrx_tests::relay::{Impairment, Relay, RelaySettings};
+use netrx_tests::stream::spawn_iperf2_client;
 use sha2::{Digest, Sha256};
 
 const CHUNK: usize = 1 << 20;
@@ -211,25 +212,7 @@ fn iperf2_client_through_relay() {
         }
         n
     });
-    let client = topo
-        .sender
-        .spawn(
-            "iperf",
-            &[
-                "-c",
-                &RECEIVER_ADDR.to_string(),
-                "-p",
-                &port.to_string(),
-                "-w",
-                "250K",
-                "-l",
-                "2M",
-                "-n",
-                "64M",
-                "-e",
-            ],
-        )
-        .expect("spawn iperf");
+    let client = spawn_iperf2_client(&topo.sender, port, 64).expect("spawn iperf");
     let out = client
         .wait_timeout(Duration::from_secs(90))
         .expect("iperf finishes");

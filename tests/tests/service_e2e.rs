@@ -21,7 +21,7 @@ use netrx::copy::{CopyStats, PolicyKind};
 use netrx::service::{EngineKind, Listener, RecvFlags, ServiceConfig};
 use netrx::xsk::AttachMode;
 use netrx_tests::netns::{self, LinkOpts, TwoHost, RECEIVER_ADDR};
-use rand::{RngCore, SeedableRng};
+use netrx_tests::stream::{send_seeded, spawn_iperf2_client, SendOpts};
 use sha2::{Digest, Sha256};
 
 const PORT: u16 = 5301;
@@ -35,38 +35,39 @@ fn stream_mib() -> u64 {
 
 /// Sends `len` seeded bytes in 2 MB writes with a 250 KB send buffer; returns the SHA-256.
 fn send_stream(len: u64, seed: u64) -> std::io::Result<[u8; 32]> {
-    let mut s = TcpStream::connect_timeout(
+    let opts = SendOpts {
+        chunk: 2 << 20,
+        sndbuf: Some(250 * 1024),
+        write_timeout: Duration::from_secs(60),
+        ..SendOpts::default()
+    };
+    send_seeded(SocketAddr::from((RECEIVER_ADDR, PORT)), len, seed, &opts).map(|(_, sha)| sha)
+}
+
+/// The service on the I/OAT model with `policy` in native XDP mode, with `pool_buffers`
+/// registered buffers of `pool_buffer_size` bytes.
+fn model_config(
+    t: &TwoHost,
+    policy: PolicyKind,
+    pool_buffers: usize,
+    pool_buffer_size: usize,
+) -> ServiceConfig {
+    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    cfg.engine = EngineKind::model();
+    cfg.policy = policy;
+    cfg.attach = AttachMode::Native;
+    cfg.pool_buffers = pool_buffers;
+    cfg.pool_buffer_size = pool_buffer_size;
+    cfg
+}
+
+/// A kernel TCP connection from the sender namespace to the listener.
+fn connect_receiver() -> TcpStream {
+    TcpStream::connect_timeout(
         &SocketAddr::from((RECEIVER_ADDR, PORT)),
         Duration::from_secs(5),
-    )?;
-    let sndbuf: libc::c_int = 250 * 1024;
-    // SAFETY: setsockopt on our own socket with a live c_int.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            &sndbuf as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    s.set_write_timeout(Some(Duration::from_secs(60)))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 2 << 20];
-    let mut sent = 0u64;
-    while sent < len {
-        let n = ((len - sent) as usize).min(buf.len());
-        rng.fill_bytes(&mut buf[..n]);
-        h.update(&buf[..n]);
-        s.write_all(&buf[..n])?;
-        sent += n as u64;
-    }
-    s.shutdown(std::net::Shutdown::Write)?;
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    Ok(h.finalize().into())
+    )
+    .unwrap()
 }
 
 struct Run {
@@ -86,13 +87,8 @@ fn run_one(
     faults: bool,
 ) -> Run {
     let len = stream_mib() << 20;
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
-    cfg.engine = EngineKind::model();
-    cfg.policy = policy;
+    let mut cfg = model_config(t, policy, 4, 2 << 20);
     cfg.rcvlowat = rcvlowat;
-    cfg.attach = AttachMode::Native;
-    cfg.pool_buffers = 4;
-    cfg.pool_buffer_size = 2 << 20;
     let listener = t
         .receiver
         .run(move || Listener::bind(cfg))
@@ -303,22 +299,13 @@ fn service_e2e_plain_peek_nonblocking_eof() {
         ..LinkOpts::default()
     })
     .expect("topology");
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
-    cfg.engine = EngineKind::model();
-    cfg.policy = PolicyKind::NetDma;
-    cfg.attach = AttachMode::Native;
-    cfg.pool_buffers = 2;
-    cfg.pool_buffer_size = 64 << 10;
+    let cfg = model_config(&t, PolicyKind::NetDma, 2, 64 << 10);
     let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let sender = t
         .sender
         .spawn_thread(move || {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddr::from((RECEIVER_ADDR, PORT)),
-                Duration::from_secs(5),
-            )
-            .unwrap();
+            let mut s = connect_receiver();
             s.write_all(b"hello, netrx").unwrap();
             go_rx.recv_timeout(Duration::from_secs(20)).unwrap();
             let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -395,22 +382,13 @@ fn service_e2e_reset_is_connection_reset() {
         ..LinkOpts::default()
     })
     .expect("topology");
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
-    cfg.engine = EngineKind::model();
-    cfg.policy = PolicyKind::NetDma;
-    cfg.attach = AttachMode::Native;
-    cfg.pool_buffers = 1;
-    cfg.pool_buffer_size = 1 << 20;
+    let cfg = model_config(&t, PolicyKind::NetDma, 1, 1 << 20);
     let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let sender = t
         .sender
         .spawn_thread(move || {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddr::from((RECEIVER_ADDR, PORT)),
-                Duration::from_secs(5),
-            )
-            .unwrap();
+            let mut s = connect_receiver();
             s.write_all(&[7u8; 5000]).unwrap();
             go_rx.recv_timeout(Duration::from_secs(20)).unwrap();
             // SO_LINGER 0: close() sends RST.
@@ -468,14 +446,9 @@ fn service_e2e_eight_streams_four_queues() {
     t.sender
         .run_cmd("sysctl", &["-qw", "net.core.txrehash=0"])
         .expect("sysctl net.core.txrehash=0");
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
-    cfg.engine = EngineKind::model();
-    cfg.policy = PolicyKind::NetDma;
+    let mut cfg = model_config(&t, PolicyKind::NetDma, 8, 1 << 20);
     cfg.rcvlowat = 200_000;
     cfg.rcvbuf = 2 << 20;
-    cfg.attach = AttachMode::Native;
-    cfg.pool_buffers = 8;
-    cfg.pool_buffer_size = 1 << 20;
     let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
     assert_eq!(listener.queues().len(), 4);
     let len = (stream_mib() / 4).max(1) << 20;
@@ -552,22 +525,13 @@ fn service_e2e_stop_ends_blocked_receives() {
         ..LinkOpts::default()
     })
     .expect("topology");
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
-    cfg.engine = EngineKind::model();
-    cfg.policy = PolicyKind::NetDma;
-    cfg.attach = AttachMode::Native;
-    cfg.pool_buffers = 1;
-    cfg.pool_buffer_size = 1 << 20;
+    let cfg = model_config(&t, PolicyKind::NetDma, 1, 1 << 20);
     let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let sender = t
         .sender
         .spawn_thread(move || {
-            let s = TcpStream::connect_timeout(
-                &SocketAddr::from((RECEIVER_ADDR, PORT)),
-                Duration::from_secs(5),
-            )
-            .unwrap();
+            let s = connect_receiver();
             let _ = done_rx.recv_timeout(Duration::from_secs(20));
             drop(s);
         })
@@ -602,34 +566,11 @@ fn service_e2e_iperf2_netdma_rcvlowat() {
         ..LinkOpts::default()
     })
     .expect("topology");
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
-    cfg.engine = EngineKind::model();
-    cfg.policy = PolicyKind::NetDma;
+    let mut cfg = model_config(&t, PolicyKind::NetDma, 2, 2 << 20);
     cfg.rcvlowat = 200_000;
-    cfg.attach = AttachMode::Native;
-    cfg.pool_buffers = 2;
-    cfg.pool_buffer_size = 2 << 20;
     let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
     let mib = stream_mib();
-    let child = t
-        .sender
-        .spawn(
-            "iperf",
-            &[
-                "-c",
-                &RECEIVER_ADDR.to_string(),
-                "-p",
-                &PORT.to_string(),
-                "-w",
-                "250K",
-                "-l",
-                "2M",
-                "-n",
-                &format!("{mib}M"),
-                "-e",
-            ],
-        )
-        .expect("start iperf");
+    let child = spawn_iperf2_client(&t.sender, PORT, mib).expect("start iperf");
     let mut st = listener
         .accept_timeout(Duration::from_secs(10))
         .expect("accept");

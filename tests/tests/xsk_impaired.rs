@@ -16,8 +16,8 @@
 //! Size: `NETRX_XSK_IMPAIRED_MIB` (default 1024 MiB in release builds, 16 MiB in debug builds).
 //! Needs root; fails under `CI=true` when it cannot run.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -27,7 +27,7 @@ use netrx::xsk::tcp_rx::{FrameView, StreamApp, TcpQueue};
 use netrx::xsk::{AttachMode, ServiceConfig, XdpMode, XdpService};
 use netrx_tests::netns::{self, LinkOpts, ThreeHost, RECEIVER_ADDR};
 use netrx_tests::relay::{Impairment, Relay, RelayCounters, RelaySettings};
-use rand::{RngCore, SeedableRng};
+use netrx_tests::stream::{send_seeded, SendOpts};
 use sha2::{Digest, Sha256};
 
 const PORT: u16 = 5201;
@@ -108,31 +108,12 @@ fn send_stream(
     seed: u64,
     deadline: StdInstant,
 ) -> std::io::Result<(u64, [u8; 32])> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
-    s.set_write_timeout(Some(Duration::from_secs(30)))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut sent = 0u64;
-    while sent < len {
-        if StdInstant::now() > deadline {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("deadline passed after {sent} of {len} bytes"),
-            ));
-        }
-        let n = ((len - sent) as usize).min(buf.len());
-        rng.fill_bytes(&mut buf[..n]);
-        h.update(&buf[..n]);
-        s.write_all(&buf[..n])?;
-        sent += n as u64;
-    }
-    s.shutdown(std::net::Shutdown::Write)?;
-    // The receiver closes after reading everything: our read sees EOF (bounded by the timeout).
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    Ok((sent, h.finalize().into()))
+    let opts = SendOpts {
+        connect_timeout: Duration::from_secs(10),
+        deadline: Some(deadline),
+        ..SendOpts::default()
+    };
+    send_seeded(to, len, seed, &opts)
 }
 
 /// Everything one impaired run produced.

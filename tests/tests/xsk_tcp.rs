@@ -3,17 +3,17 @@
 //! SHA-256 of what the application read matches what was sent.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant as StdInstant};
 
 use netrx::tcp::{Config, ConnId, Endpoint, Instant};
-use netrx::xsk::poller::{self, PollerConfig};
+use netrx::xsk::poller::{self, PollerConfig, Pollers};
 use netrx::xsk::tcp_rx::{FrameView, StreamApp, TcpQueue};
-use netrx::xsk::{AttachMode, ServiceConfig, XdpMode, XdpService};
+use netrx::xsk::{AttachMode, ServiceConfig, XdpMode, XdpService, XskSocket};
 use netrx_tests::netns::{self, LinkOpts, TwoHost, RECEIVER_ADDR};
-use rand::{RngCore, SeedableRng};
+use netrx_tests::stream::{send_seeded, spawn_iperf2_client, SendOpts};
 use sha2::{Digest, Sha256};
 
 const PORT: u16 = 5201;
@@ -73,32 +73,38 @@ impl StreamApp for HashApp {
     }
 }
 
+/// One poller per socket, each queue with an endpoint listening on `PORT` (configured by
+/// `ep_cfg(queue)`) and a [`HashApp`] reporting to `done`.
+fn spawn_hash_pollers(
+    sockets: Vec<XskSocket>,
+    done: &mpsc::Sender<StreamResult>,
+    origin: StdInstant,
+    ep_cfg: impl Fn(u32) -> Config,
+) -> Pollers<TcpQueue<HashApp>> {
+    poller::spawn(sockets, PollerConfig::default(), |q| {
+        let mut ep = Endpoint::new(ep_cfg(q));
+        ep.listen(PORT).unwrap();
+        TcpQueue::new(
+            ep,
+            HashApp {
+                queue: q,
+                conns: HashMap::new(),
+                done: done.clone(),
+            },
+            origin,
+        )
+    })
+}
+
 /// Send `len` seeded random bytes to the receiver, then FIN, then wait for its FIN.
 /// Returns (bytes, sha256).
 fn send_stream(len: u64, seed: u64) -> std::io::Result<(u64, [u8; 32])> {
-    send_stream_to(SocketAddr::from((RECEIVER_ADDR, PORT)), len, seed)
-}
-
-fn send_stream_to(to: SocketAddr, len: u64, seed: u64) -> std::io::Result<(u64, [u8; 32])> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
-    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut sent = 0u64;
-    while sent < len {
-        let n = ((len - sent) as usize).min(buf.len());
-        rng.fill_bytes(&mut buf[..n]);
-        h.update(&buf[..n]);
-        s.write_all(&buf[..n])?;
-        sent += n as u64;
-    }
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    // The receiver closes after reading everything: our read sees EOF.
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    Ok((sent, h.finalize().into()))
+    send_seeded(
+        SocketAddr::from((RECEIVER_ADDR, PORT)),
+        len,
+        seed,
+        &SendOpts::default(),
+    )
 }
 
 fn stream_mib() -> u64 {
@@ -146,21 +152,9 @@ fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64, mtu: u32) {
         mtu: mtu as u16,
         ..Config::default()
     };
-    let pollers = poller::spawn(sockets, PollerConfig::default(), |q| {
-        let mut ep = Endpoint::new(Config {
-            isn_secret: 0x1234 + q as u64,
-            ..ep_cfg.clone()
-        });
-        ep.listen(PORT).unwrap();
-        TcpQueue::new(
-            ep,
-            HashApp {
-                queue: q,
-                conns: HashMap::new(),
-                done: tx.clone(),
-            },
-            origin,
-        )
+    let pollers = spawn_hash_pollers(sockets, &tx, origin, |q| Config {
+        isn_secret: 0x1234 + q as u64,
+        ..ep_cfg.clone()
     });
 
     let start = StdInstant::now();
@@ -318,21 +312,9 @@ fn one_stream_gbps(mib: u64, netrx: bool) -> f64 {
     let mut pollers = None;
     let mut kernel = None;
     if netrx {
-        pollers = Some(poller::spawn(sockets, PollerConfig::default(), |q| {
-            let mut ep = Endpoint::new(Config {
-                rcvbuf: 8 << 20,
-                ..Config::default()
-            });
-            ep.listen(PORT).unwrap();
-            TcpQueue::new(
-                ep,
-                HashApp {
-                    queue: q,
-                    conns: HashMap::new(),
-                    done: tx.clone(),
-                },
-                origin,
-            )
+        pollers = Some(spawn_hash_pollers(sockets, &tx, origin, |_| Config {
+            rcvbuf: 8 << 20,
+            ..Config::default()
         }));
     } else {
         drop(sockets);
@@ -402,38 +384,9 @@ fn xsk_tcp_iperf2_client() {
     let sockets = svc.take_sockets();
     let (tx, rx) = mpsc::channel();
     let origin = StdInstant::now();
-    let pollers = poller::spawn(sockets, PollerConfig::default(), |q| {
-        let mut ep = Endpoint::new(Config::default());
-        ep.listen(PORT).unwrap();
-        TcpQueue::new(
-            ep,
-            HashApp {
-                queue: q,
-                conns: HashMap::new(),
-                done: tx.clone(),
-            },
-            origin,
-        )
-    });
+    let pollers = spawn_hash_pollers(sockets, &tx, origin, |_| Config::default());
     let mib = if cfg!(debug_assertions) { 16 } else { 64 };
-    let out = t
-        .sender
-        .spawn(
-            "iperf",
-            &[
-                "-c",
-                &RECEIVER_ADDR.to_string(),
-                "-p",
-                &PORT.to_string(),
-                "-w",
-                "250K",
-                "-l",
-                "2M",
-                "-n",
-                &format!("{mib}M"),
-                "-e",
-            ],
-        )
+    let out = spawn_iperf2_client(&t.sender, PORT, mib)
         .expect("start iperf")
         .wait_timeout(Duration::from_secs(60))
         .expect("iperf finishes");
@@ -445,7 +398,7 @@ fn xsk_tcp_iperf2_client() {
         .recv_timeout(Duration::from_secs(10))
         .expect("stream ended at the receiver");
     assert!(got.error.is_none(), "{got:?}");
-    assert_eq!(got.bytes, (mib as u64) << 20, "exactly the requested bytes");
+    assert_eq!(got.bytes, mib << 20, "exactly the requested bytes");
     std::thread::sleep(Duration::from_millis(100));
     for (mut sock, _) in pollers.stop() {
         sock.check_no_leak().unwrap_or_else(|e| panic!("{e}"));
@@ -474,24 +427,12 @@ fn xsk_tcp_ipv6_stream() {
     let sockets = svc.take_sockets();
     let (tx, rx) = mpsc::channel();
     let origin = StdInstant::now();
-    let pollers = poller::spawn(sockets, PollerConfig::default(), |q| {
-        let mut ep = Endpoint::new(Config::default());
-        ep.listen(PORT).unwrap();
-        TcpQueue::new(
-            ep,
-            HashApp {
-                queue: q,
-                conns: HashMap::new(),
-                done: tx.clone(),
-            },
-            origin,
-        )
-    });
+    let pollers = spawn_hash_pollers(sockets, &tx, origin, |_| Config::default());
     let to = SocketAddr::from((netrx_tests::netns::RECEIVER_ADDR6, PORT));
     let mib = if cfg!(debug_assertions) { 8 } else { 64 };
     let sent = t
         .sender
-        .run(move || send_stream_to(to, mib << 20, 6))
+        .run(move || send_seeded(to, mib << 20, 6, &SendOpts::default()))
         .expect("IPv6 stream");
     let got = rx
         .recv_timeout(Duration::from_secs(10))
