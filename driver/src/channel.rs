@@ -69,6 +69,12 @@ pub struct ChannelConfig {
     /// CHANCTRL value written on every start. Default ERR_COMPLETION_EN | ANY_ERR_ABORT_EN
     /// (0x0c, as DPDK): polled mode, halts pushed to the completion word.
     pub chanctrl: u16,
+    /// Interrupt mode: the last descriptor of every op asks for an interrupt (`int_en`), as
+    /// Linux does with DMA_PREP_INTERRUPT. Completions are still read from the writeback word;
+    /// the interrupt (MSI-X through an eventfd, coalesced by INTRDELAY: see
+    /// `vfio::ioat_irq::IoatInterrupts`) only tells a sleeping poller when to look. Default off
+    /// (polled mode). Set with [`ChannelConfig::interrupt_mode`].
+    pub interrupts: bool,
     /// Huge-page policy for the ring memory.
     pub huge_pages: HugePages,
 }
@@ -83,12 +89,21 @@ impl Default for ChannelConfig {
             suspend_timeout: Duration::from_millis(100),
             start_timeout: Duration::from_millis(100),
             chanctrl: chanctrl::ERR_COMPLETION_EN | chanctrl::ANY_ERR_ABORT_EN,
+            interrupts: false,
             huge_pages: HugePages::Prefer,
         }
     }
 }
 
 impl ChannelConfig {
+    /// Interrupt mode: `int_en` on the last descriptor of every op and CHANCTRL =
+    /// `chanctrl::RUN` (INT_REARM | ERR_INT_EN | ERR_COMPLETION_EN | ANY_ERR_ABORT_EN, what
+    /// Linux writes). Re-arm after each interrupt with `vfio::ioat_irq::rearm`.
+    pub fn interrupt_mode(mut self) -> Self {
+        self.interrupts = true;
+        self.chanctrl = chanctrl::RUN;
+        self
+    }
     pub fn ring_order(mut self, order: u32) -> Self {
         self.ring_order = order;
         self
@@ -417,14 +432,18 @@ impl<R: RegisterAccess> Channel<R> {
                     size as u32,
                     src_or_pattern,
                     dst + off,
-                    Ctl::fill().compl_write(last),
+                    Ctl::fill()
+                        .compl_write(last)
+                        .int_en(last && self.cfg.interrupts),
                 )
             } else {
                 HwDescriptor::copy(
                     size as u32,
                     src_or_pattern + off,
                     dst + off,
-                    Ctl::copy().compl_write(last),
+                    Ctl::copy()
+                        .compl_write(last)
+                        .int_en(last && self.cfg.interrupts),
                 )
             };
             let mut d = d;

@@ -107,6 +107,23 @@ fn init_sequence_registers() {
 }
 
 #[test]
+fn interrupt_mode_requests_one_interrupt_per_op() {
+    let (m, d) = open(skx_small_xfer());
+    let cfg = ChannelConfig::default().interrupt_mode();
+    let mut h = Harness::new(&d, 0, cfg, 64 << 10, 3).unwrap();
+    assert_eq!(
+        h.channel.regs_snapshot().chanctrl,
+        ioat_driver::regs::chanctrl::RUN
+    );
+    let before = m.stats(0).interrupts_requested;
+    // Ops above 4 KiB are split into several descriptors: only the last one asks.
+    let ops: Vec<Op> = (0..40).map(|_| h.random_op(20_000, true)).collect();
+    h.run_batch(&ops).unwrap();
+    assert_eq!(m.stats(0).interrupts_requested - before, ops.len() as u64);
+    assert_clean(&m);
+}
+
+#[test]
 fn submission_rules_and_doorbell_batching() {
     let (m, d) = open(skx_small_xfer());
     let mut h = Harness::new(&d, 0, ChannelConfig::default(), 64 << 10, 1).unwrap();
@@ -382,7 +399,10 @@ fn slow_completion_is_not_a_hang() {
     let ops: Vec<Op> = (0..6).map(|_| h.random_op(2000, true)).collect();
     let t0 = std::time::Instant::now();
     h.run_batch(&ops).unwrap();
-    assert!(t0.elapsed() >= Duration::from_millis(60), "the device was slow");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(60),
+        "the device was slow"
+    );
     assert_eq!(h.channel.stats().timeouts, 0);
     m.clear_faults(0);
     assert_clean(&m);
