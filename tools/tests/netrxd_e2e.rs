@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netrx_tests::netns::{self, LinkOpts, NsChild, TwoHost, RECEIVER_ADDR};
+use netrx_tests::stream::{send_generated, SendOpts};
 use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netrxd");
@@ -41,27 +42,14 @@ fn fill(buf: &mut [u8], state: &mut u64) {
 
 /// Sends `len` bytes seeded by `seed`, half-closes, waits for the receiver's close.
 fn send_stream(port: u16, len: u64, seed: u64) -> std::io::Result<[u8; 32]> {
-    let mut s = TcpStream::connect_timeout(
-        &SocketAddr::from((RECEIVER_ADDR, port)),
-        Duration::from_secs(5),
-    )?;
-    s.set_write_timeout(Some(Duration::from_secs(20)))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut h = Sha256::new();
+    let opts = SendOpts {
+        write_timeout: Duration::from_secs(20),
+        read_timeout: Duration::from_secs(20),
+        ..SendOpts::default()
+    };
     let mut st = seed | 1;
-    let mut buf = vec![0u8; 256 << 10];
-    let mut sent = 0u64;
-    while sent < len {
-        let n = ((len - sent) as usize).min(buf.len());
-        fill(&mut buf[..n], &mut st);
-        h.update(&buf[..n]);
-        s.write_all(&buf[..n])?;
-        sent += n as u64;
-    }
-    s.shutdown(std::net::Shutdown::Write)?;
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    Ok(h.finalize().into())
+    let to = SocketAddr::from((RECEIVER_ADDR, port));
+    send_generated(to, len, |b| fill(b, &mut st), &opts).map(|(_, sha)| sha)
 }
 
 fn sha_file(p: &Path) -> [u8; 32] {
