@@ -89,17 +89,6 @@ fn transfer(sender: &Netns, receiver: &Netns, bytes: u64, limit: Duration) -> Tr
     }
 }
 
-fn netem_like() -> Impairment {
-    Impairment {
-        loss: 2.0,
-        reorder: 25.0,
-        reorder_depth: 3,
-        duplicate: 1.0,
-        corrupt: 0.1,
-        ..Impairment::none()
-    }
-}
-
 #[test]
 fn relay_256mib_through_loss_reorder_dup_corrupt() {
     if !require_root_or_skip("relay_256mib_through_loss_reorder_dup_corrupt")
@@ -111,7 +100,8 @@ fn relay_256mib_through_loss_reorder_dup_corrupt() {
         return;
     }
     let topo = ThreeHost::new(&LinkOpts::default()).expect("three-host topology");
-    let relay = Relay::start(&topo, RelaySettings::both(netem_like(), 7)).expect("relay");
+    let relay =
+        Relay::start(&topo, RelaySettings::both(Impairment::netem_like(), 7)).expect("relay");
     let bytes = 256u64 << 20;
     let t = transfer(
         &topo.sender,
@@ -191,7 +181,8 @@ fn iperf2_client_through_relay() {
         return;
     }
     let topo = ThreeHost::new(&LinkOpts::default()).expect("three-host topology");
-    let relay = Relay::start(&topo, RelaySettings::both(netem_like(), 11)).expect("relay");
+    let relay =
+        Relay::start(&topo, RelaySettings::both(Impairment::netem_like(), 11)).expect("relay");
     // A plain reader (receive-only endpoint, as netrx will be).
     let listener = topo
         .receiver
@@ -333,7 +324,8 @@ fn relay_impairs_ipv6_tcp_and_passes_neighbour_discovery() {
         ..LinkOpts::default()
     })
     .expect("three-host topology with IPv6");
-    let relay = Relay::start(&topo, RelaySettings::both(netem_like(), 5)).expect("relay");
+    let relay =
+        Relay::start(&topo, RelaySettings::both(Impairment::netem_like(), 5)).expect("relay");
     let listener = topo
         .receiver
         .run(|| TcpListener::bind((RECEIVER_ADDR6, 0)))
@@ -420,7 +412,8 @@ fn relay_jumbo_frames_mtu_9000() {
         ..LinkOpts::default()
     })
     .expect("three-host topology, MTU 9000");
-    let relay = Relay::start(&topo, RelaySettings::both(netem_like(), 13)).expect("relay");
+    let relay =
+        Relay::start(&topo, RelaySettings::both(Impairment::netem_like(), 13)).expect("relay");
     let t = transfer(
         &topo.sender,
         &topo.receiver,

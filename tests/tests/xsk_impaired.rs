@@ -232,18 +232,6 @@ fn run_netrx(test: &str, mib: u64, imp: Impairment, ep_cfg: Config) -> NetrxRun 
     run
 }
 
-/// The rates of issue 5's `tc netem` line, plus 0.1% corruption, through our relay.
-fn impairment() -> Impairment {
-    Impairment {
-        loss: 2.0,
-        reorder: 25.0,
-        reorder_depth: 3,
-        duplicate: 1.0,
-        corrupt: 0.1,
-        ..Impairment::none()
-    }
-}
-
 #[test]
 fn xsk_impaired_stream_loss_reorder_dup_corrupt() {
     let test = "xsk_impaired_stream_loss_reorder_dup_corrupt";
@@ -252,7 +240,7 @@ fn xsk_impaired_stream_loss_reorder_dup_corrupt() {
     }
     let mib = stream_mib();
     let bytes = mib << 20;
-    let r = run_netrx(test, mib, impairment(), Config::default());
+    let r = run_netrx(test, mib, Impairment::netem_like(), Config::default());
 
     // The stream: exact length and SHA-256.
     let sent = r
@@ -322,14 +310,14 @@ fn xsk_impaired_vs_kernel_report() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(128u64);
-    let n = run_netrx(test, mib, impairment(), Config::default());
+    let n = run_netrx(test, mib, Impairment::netem_like(), Config::default());
     // The default out-of-order cap (`max_ooo_mem`) is below the receive buffer the window is
     // computed from; the same run with the cap raised to the buffer shows what that costs.
     let d = Config::default();
     let n2 = run_netrx(
         test,
         mib,
-        impairment(),
+        Impairment::netem_like(),
         Config {
             max_ooo_mem: d.rcvbuf,
             ..d
@@ -378,7 +366,7 @@ fn xsk_impaired_vs_kernel_report() {
             },
         ),
     ] {
-        let (t, sender) = run_kernel(test, mib, impairment(), rx);
+        let (t, sender) = run_kernel(test, mib, Impairment::netem_like(), rx);
         rows.push(format!(
             "{name} {t:.2?} ({:.3} Gbit/s); sender: {sender}",
             (mib << 20) as f64 * 8.0 / t.as_secs_f64() / 1e9

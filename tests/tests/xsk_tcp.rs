@@ -96,6 +96,28 @@ fn spawn_hash_pollers(
     })
 }
 
+/// The XDP service in native mode on the receiver with [`spawn_hash_pollers`] on default
+/// endpoints. Keep the service alive while the pollers run.
+fn hash_service(
+    t: &TwoHost,
+) -> (
+    XdpService,
+    Pollers<TcpQueue<HashApp>>,
+    mpsc::Receiver<StreamResult>,
+) {
+    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    cfg.attach = AttachMode::Native;
+    let mut svc = t
+        .receiver
+        .run(|| XdpService::open(&cfg))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sockets = svc.take_sockets();
+    let (tx, rx) = mpsc::channel();
+    let origin = StdInstant::now();
+    let pollers = spawn_hash_pollers(sockets, &tx, origin, |_| Config::default());
+    (svc, pollers, rx)
+}
+
 /// Send `len` seeded random bytes to the receiver, then FIN, then wait for its FIN.
 /// Returns (bytes, sha256).
 fn send_stream(len: u64, seed: u64) -> std::io::Result<(u64, [u8; 32])> {
@@ -375,16 +397,7 @@ fn xsk_tcp_iperf2_client() {
         ..LinkOpts::default()
     })
     .expect("topology");
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
-    cfg.attach = AttachMode::Native;
-    let mut svc = t
-        .receiver
-        .run(|| XdpService::open(&cfg))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let sockets = svc.take_sockets();
-    let (tx, rx) = mpsc::channel();
-    let origin = StdInstant::now();
-    let pollers = spawn_hash_pollers(sockets, &tx, origin, |_| Config::default());
+    let (_svc, pollers, rx) = hash_service(&t);
     let mib = if cfg!(debug_assertions) { 16 } else { 64 };
     let out = spawn_iperf2_client(&t.sender, PORT, mib)
         .expect("start iperf")
@@ -418,16 +431,7 @@ fn xsk_tcp_ipv6_stream() {
         ..LinkOpts::default()
     })
     .expect("topology");
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
-    cfg.attach = AttachMode::Native;
-    let mut svc = t
-        .receiver
-        .run(|| XdpService::open(&cfg))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let sockets = svc.take_sockets();
-    let (tx, rx) = mpsc::channel();
-    let origin = StdInstant::now();
-    let pollers = spawn_hash_pollers(sockets, &tx, origin, |_| Config::default());
+    let (_svc, pollers, rx) = hash_service(&t);
     let to = SocketAddr::from((netrx_tests::netns::RECEIVER_ADDR6, PORT));
     let mib = if cfg!(debug_assertions) { 8 } else { 64 };
     let sent = t

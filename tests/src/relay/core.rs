@@ -80,6 +80,19 @@ impl Impairment {
         }
     }
 
+    /// The rates of issue 5's `tc netem` line (2% loss, 25% reordered three deep, 1%
+    /// duplicated) plus 0.1% corruption: the impaired link of the end-to-end tests.
+    pub fn netem_like() -> Impairment {
+        Impairment {
+            loss: 2.0,
+            reorder: 25.0,
+            reorder_depth: 3,
+            duplicate: 1.0,
+            corrupt: 0.1,
+            ..Impairment::none()
+        }
+    }
+
     /// Checks ranges; the error names the offending setting and the valid range.
     pub fn validate(&self) -> Result<(), String> {
         for (name, v) in [
