@@ -659,6 +659,24 @@ pub struct TwoHost {
     pub opts: LinkOpts,
 }
 
+/// Gives the sender's and receiver's ends [`SENDER_ADDR`] and [`RECEIVER_ADDR`] (and, with
+/// `ipv6`, [`SENDER_ADDR6`] and [`RECEIVER_ADDR6`]).
+fn address_ends(
+    sender: &Netns,
+    sender_if: &str,
+    receiver: &Netns,
+    receiver_if: &str,
+    ipv6: bool,
+) -> io::Result<()> {
+    add_addrs(sender, sender_if, SENDER_ADDR, ipv6.then_some(SENDER_ADDR6))?;
+    add_addrs(
+        receiver,
+        receiver_if,
+        RECEIVER_ADDR,
+        ipv6.then_some(RECEIVER_ADDR6),
+    )
+}
+
 impl TwoHost {
     /// Builds the topology with `opts`; everything is torn down on drop.
     pub fn new(opts: &LinkOpts) -> io::Result<TwoHost> {
@@ -668,18 +686,7 @@ impl TwoHost {
         let sender_if = format!("{}s", sender.name);
         let receiver_if = format!("{}r", receiver.name);
         let veth = Veth::create(&sender, &sender_if, &receiver, &receiver_if, opts)?;
-        add_addrs(
-            &sender,
-            &sender_if,
-            SENDER_ADDR,
-            opts.ipv6.then_some(SENDER_ADDR6),
-        )?;
-        add_addrs(
-            &receiver,
-            &receiver_if,
-            RECEIVER_ADDR,
-            opts.ipv6.then_some(RECEIVER_ADDR6),
-        )?;
+        address_ends(&sender, &sender_if, &receiver, &receiver_if, opts.ipv6)?;
         apply_offloads(&sender, &sender_if, &receiver, &receiver_if, opts)?;
         Ok(TwoHost {
             veth,
@@ -741,18 +748,7 @@ impl ThreeHost {
         let receiver_if = format!("{}r", receiver.name);
         let veth_a = Veth::create(&sender, &sender_if, &relay, &relay_a, &opts)?;
         let veth_b = Veth::create(&relay, &relay_b, &receiver, &receiver_if, &opts)?;
-        add_addrs(
-            &sender,
-            &sender_if,
-            SENDER_ADDR,
-            opts.ipv6.then_some(SENDER_ADDR6),
-        )?;
-        add_addrs(
-            &receiver,
-            &receiver_if,
-            RECEIVER_ADDR,
-            opts.ipv6.then_some(RECEIVER_ADDR6),
-        )?;
+        address_ends(&sender, &sender_if, &receiver, &receiver_if, opts.ipv6)?;
         sender.ethtool_off(&sender_if, &["tx", "tso", "gso"])?;
         receiver.ethtool_off(&receiver_if, &["tx", "tso", "gso"])?;
         for i in [&relay_a, &relay_b] {
