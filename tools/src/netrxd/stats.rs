@@ -12,47 +12,53 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// Copy-path counters, as the service reports them (bytes by path, DMA ops, wakeups, copy time).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct CopyCounters {
-    pub bytes_cpu: u64,
-    pub bytes_dma: u64,
-    pub bytes_redo: u64,
-    pub dma_ops: u64,
-    pub doorbells: u64,
-    pub dma_errors: u64,
-    pub dma_timeouts: u64,
-    pub cpu_redos: u64,
-    pub busy_fallbacks: u64,
-    pub wake_full: u64,
-    pub wake_psh: u64,
-    pub wake_pressure: u64,
-    pub wake_lowat: u64,
-    pub recvs: u64,
-    pub copy_ns: u64,
+/// Declares [`CopyCounters`] with the named fields, each copied from the field of the same name
+/// in [`netrx::copy::CopyStats`]: one list serves the struct, the conversion and the difference.
+macro_rules! copy_counters {
+    ($($field:ident),* $(,)?) => {
+        /// Copy-path counters, as the service reports them (bytes by path, DMA ops, wakeups,
+        /// copy time).
+        #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+        pub struct CopyCounters {
+            $(pub $field: u64,)*
+        }
+
+        impl CopyCounters {
+            pub fn from_copy_stats(c: &netrx::copy::CopyStats) -> CopyCounters {
+                CopyCounters {
+                    $($field: c.$field,)*
+                }
+            }
+
+            /// `self - earlier`, saturating (counters only grow).
+            pub fn since(&self, e: &CopyCounters) -> CopyCounters {
+                CopyCounters {
+                    $($field: self.$field.saturating_sub(e.$field),)*
+                }
+            }
+        }
+    };
 }
 
-impl CopyCounters {
-    pub fn from_copy_stats(c: &netrx::copy::CopyStats) -> CopyCounters {
-        CopyCounters {
-            bytes_cpu: c.bytes_cpu,
-            bytes_dma: c.bytes_dma,
-            bytes_redo: c.bytes_redo,
-            dma_ops: c.dma_ops,
-            doorbells: c.doorbells,
-            dma_errors: c.dma_errors,
-            dma_timeouts: c.dma_timeouts,
-            cpu_redos: c.cpu_redos,
-            busy_fallbacks: c.busy_fallbacks,
-            wake_full: c.wake_full,
-            wake_psh: c.wake_psh,
-            wake_pressure: c.wake_pressure,
-            wake_lowat: c.wake_lowat,
-            recvs: c.recvs,
-            copy_ns: c.copy_ns,
-        }
-    }
+copy_counters!(
+    bytes_cpu,
+    bytes_dma,
+    bytes_redo,
+    dma_ops,
+    doorbells,
+    dma_errors,
+    dma_timeouts,
+    cpu_redos,
+    busy_fallbacks,
+    wake_full,
+    wake_psh,
+    wake_pressure,
+    wake_lowat,
+    recvs,
+    copy_ns,
+);
 
+impl CopyCounters {
     /// Share of payload bytes moved by DMA, 0..=1.
     pub fn dma_share(&self) -> f64 {
         let t = self.bytes_cpu + self.bytes_dma;
@@ -68,27 +74,6 @@ impl CopyCounters {
             0.0
         } else {
             self.bytes_dma as f64 / self.dma_ops as f64
-        }
-    }
-
-    /// `self - earlier`, saturating (counters only grow).
-    pub fn since(&self, e: &CopyCounters) -> CopyCounters {
-        CopyCounters {
-            bytes_cpu: self.bytes_cpu.saturating_sub(e.bytes_cpu),
-            bytes_dma: self.bytes_dma.saturating_sub(e.bytes_dma),
-            bytes_redo: self.bytes_redo.saturating_sub(e.bytes_redo),
-            dma_ops: self.dma_ops.saturating_sub(e.dma_ops),
-            doorbells: self.doorbells.saturating_sub(e.doorbells),
-            dma_errors: self.dma_errors.saturating_sub(e.dma_errors),
-            dma_timeouts: self.dma_timeouts.saturating_sub(e.dma_timeouts),
-            cpu_redos: self.cpu_redos.saturating_sub(e.cpu_redos),
-            busy_fallbacks: self.busy_fallbacks.saturating_sub(e.busy_fallbacks),
-            wake_full: self.wake_full.saturating_sub(e.wake_full),
-            wake_psh: self.wake_psh.saturating_sub(e.wake_psh),
-            wake_pressure: self.wake_pressure.saturating_sub(e.wake_pressure),
-            wake_lowat: self.wake_lowat.saturating_sub(e.wake_lowat),
-            recvs: self.recvs.saturating_sub(e.recvs),
-            copy_ns: self.copy_ns.saturating_sub(e.copy_ns),
         }
     }
 }
