@@ -405,29 +405,34 @@ proptest! {
     }
 }
 
+/// The seed's receive under `policy`: `nsegs` segments of mixed sizes (a PSH every 17th),
+/// copybreak 4 KB, 250 KB receive buffer, one reader of 256 KB with rcvlowat 200 KB.
+fn seed_case(policy: u8, nsegs: usize) -> Case {
+    Case {
+        policy,
+        copybreak: 4096,
+        rcvbuf: 250_000,
+        segs: (0..nsegs)
+            .map(|i| ([1448, 8948, 200, 4096, 9000][i % 5], i % 17 == 0))
+            .collect(),
+        steps: vec![(5, 1), (1, 0), (8, 2)],
+        recvs: vec![RecvSpec {
+            len: 2 << 17,
+            rcvlowat: 200_000,
+            waitall: false,
+            peek: false,
+            low_latency: false,
+            plain: false,
+            nonblocking: false,
+        }],
+    }
+}
+
 /// Everything sent arrives when the reader keeps receiving until the stream is drained.
 #[test]
 fn whole_stream_arrives_through_dma_with_faults() {
-    let segs: Vec<(usize, bool)> = (0..600)
-        .map(|i| ([1448, 8948, 200, 4096, 9000][i % 5], i % 17 == 0))
-        .collect();
     for policy in 0..3u8 {
-        let case = Case {
-            policy,
-            copybreak: 4096,
-            rcvbuf: 250_000,
-            segs: segs.clone(),
-            steps: vec![(5, 1), (1, 0), (8, 2)],
-            recvs: vec![RecvSpec {
-                len: 2 << 17,
-                rcvlowat: 200_000,
-                waitall: false,
-                peek: false,
-                low_latency: false,
-                plain: false,
-                nonblocking: false,
-            }],
-        };
+        let case = seed_case(policy, 600);
         let faults = FaultPlan {
             fail: [3, 4, 50, 51, 52, 200].into_iter().collect(),
             hang: [100].into_iter().collect(),
@@ -441,7 +446,7 @@ fn whole_stream_arrives_through_dma_with_faults() {
             faults,
         };
         let (st, received) = run(&case, NullEngine::new(null)).unwrap();
-        let total: usize = segs.iter().map(|s| s.0).sum();
+        let total: usize = case.segs.iter().map(|s| s.0).sum();
         // The reader always waits with room, so nothing stays queued: everything arrived.
         assert_eq!(received, total, "policy {policy}: {st:?}");
         assert_eq!(
@@ -551,27 +556,9 @@ mod ioat_model {
     /// every policy delivers the exact stream, and the DMA policies really used DMA.
     #[test]
     fn ioat_model_whole_stream_with_faults() {
-        let segs: Vec<(usize, bool)> = (0..400)
-            .map(|i| ([1448, 8948, 200, 4096, 9000][i % 5], i % 17 == 0))
-            .collect();
-        let total: usize = segs.iter().map(|s| s.0).sum();
         for policy in 0..3u8 {
-            let case = Case {
-                policy,
-                copybreak: 4096,
-                rcvbuf: 250_000,
-                segs: segs.clone(),
-                steps: vec![(5, 1), (1, 0), (8, 2)],
-                recvs: vec![RecvSpec {
-                    len: 2 << 17,
-                    rcvlowat: 200_000,
-                    waitall: false,
-                    peek: false,
-                    low_latency: false,
-                    plain: false,
-                    nonblocking: false,
-                }],
-            };
+            let case = seed_case(policy, 400);
+            let total: usize = case.segs.iter().map(|s| s.0).sum();
             let m = ModelCase {
                 per_desc_us: 5,
                 gbps: 4,
