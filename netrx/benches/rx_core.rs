@@ -201,7 +201,6 @@ fn run_netrx(pool: &mut Pool, total: u64, app: &mut [u8]) -> (Duration, u64) {
     ep.on_frame(now, u64::MAX, &final_ack(isn), truesize);
     let id = ep.accept(PORT).expect("established");
     pool.set_ack(isn.wrapping_add(1));
-    let mut released = Vec::new();
     let mut app_off = 0usize;
     let mut got = 0u64;
     let mut lap = 0u64;
@@ -228,8 +227,7 @@ fn run_netrx(pool: &mut Pool, total: u64, app: &mut [u8]) -> (Duration, u64) {
             }
             ep.flush(now);
             while ep.pop_tx().is_some() {}
-            ep.take_released(&mut released);
-            released.clear();
+            while ep.poll_event().is_some() {}
             if got >= total {
                 break 'outer;
             }

@@ -1,5 +1,7 @@
 //! netrx-tests: harness for end-to-end and hardware-in-loop tests.
 //!
+//! - [`hashq`]: an inline reader (hashing every stream on the poller thread) over the same
+//!   receive core and AF_XDP shell as the service.
 //! - [`netns`]: private network namespaces, veth pairs, two- and three-host topologies, and the
 //!   root/CI guard every privileged test starts with.
 //! - [`relay`]: the impairment relay (a netem stand-in): loss, duplication, reordering,
@@ -8,6 +10,7 @@
 //!
 //! See `docs/testing.md` for the test tiers and how to use both.
 
+pub mod hashq;
 pub mod netns;
 pub mod relay;
 pub mod stream;

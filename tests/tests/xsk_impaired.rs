@@ -21,10 +21,10 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant as StdInstant};
 
-use netrx::tcp::{Config, ConnId, ConnStats, Endpoint, EndpointStats, Instant};
+use netrx::tcp::{Config, EndpointStats};
 use netrx::xsk::poller::{self, PollerConfig};
-use netrx::xsk::tcp_rx::{FrameView, StreamApp, TcpQueue};
 use netrx::xsk::{AttachMode, ServiceConfig, XdpMode, XdpService};
+use netrx_tests::hashq::{HashQueue, StreamResult};
 use netrx_tests::netns::{self, LinkOpts, ThreeHost, RECEIVER_ADDR};
 use netrx_tests::relay::{Impairment, Relay, RelayCounters, RelaySettings};
 use netrx_tests::stream::{send_seeded, SendOpts};
@@ -41,63 +41,6 @@ fn stream_mib() -> u64 {
         .and_then(|v| v.parse().ok())
         .filter(|&m| m > 0)
         .unwrap_or(if cfg!(debug_assertions) { 16 } else { 1024 })
-}
-
-/// What the application saw of the connection.
-#[derive(Debug, Clone)]
-struct StreamResult {
-    bytes: u64,
-    sha: [u8; 32],
-    error: Option<String>,
-    conn: ConnStats,
-}
-
-/// Accepts connections, hashes everything it reads, closes at end of stream and reports.
-struct HashApp {
-    conns: Vec<(ConnId, Sha256, u64)>,
-    done: mpsc::Sender<StreamResult>,
-}
-
-impl StreamApp for HashApp {
-    fn on_round(
-        &mut self,
-        ep: &mut Endpoint,
-        frames: &FrameView<'_>,
-        _ready: &[ConnId],
-        now: Instant,
-    ) {
-        while let Some(c) = ep.accept(PORT) {
-            self.conns.push((c, Sha256::new(), 0));
-        }
-        let mut i = 0;
-        while i < self.conns.len() {
-            let (c, h, n) = &mut self.conns[i];
-            let c = *c;
-            let got = ep
-                .consume(now, c, usize::MAX, |seg| {
-                    frames.segment(seg, |b| h.update(b));
-                })
-                .unwrap_or(0);
-            *n += got as u64;
-            let Some(info) = ep.info(c) else {
-                i += 1;
-                continue;
-            };
-            let error = info.error.map(|e| e.to_string());
-            if (info.eof && info.available == 0) || error.is_some() {
-                let (_, h, n) = self.conns.swap_remove(i);
-                let _ = self.done.send(StreamResult {
-                    bytes: n,
-                    sha: h.finalize().into(),
-                    error,
-                    conn: info.stats,
-                });
-                let _ = ep.close(now, c);
-            } else {
-                i += 1;
-            }
-        }
-    }
 }
 
 /// Sends `len` seeded random bytes, then FIN, then waits for the receiver's FIN. Every write is
@@ -156,21 +99,18 @@ fn run_netrx(test: &str, mib: u64, imp: Impairment, ep_cfg: Config) -> NetrxRun 
 
     let (tx, rx) = mpsc::channel();
     let origin = StdInstant::now();
-    let pollers = poller::spawn(sockets, PollerConfig::default(), |q| {
-        let mut ep = Endpoint::new(Config {
-            isn_secret: 0x77 + u64::from(q),
-            ..ep_cfg.clone()
-        });
-        ep.listen(PORT).unwrap();
-        TcpQueue::new(
-            ep,
-            HashApp {
-                conns: Vec::new(),
-                done: tx.clone(),
-            },
-            origin,
-        )
-    });
+    let handlers = sockets
+        .into_iter()
+        .map(|s| {
+            let cfg = Config {
+                isn_secret: 0x77 + u64::from(s.queue()),
+                ..ep_cfg.clone()
+            };
+            let h = HashQueue::new(&s, cfg, PORT, origin, tx.clone());
+            (s, h)
+        })
+        .collect();
+    let pollers = poller::spawn_handlers(handlers, PollerConfig::default()).expect("pollers");
     let relay = Relay::start(&topo, RelaySettings::both(imp, RELAY_SEED)).expect("start relay");
 
     // Generous bound: a stall shows up as a failure, not as a hung CI job.
@@ -190,8 +130,8 @@ fn run_netrx(test: &str, mib: u64, imp: Impairment, ep_cfg: Config) -> NetrxRun 
     let mut endpoint = EndpointStats::default();
     let mut leaks = Vec::new();
     for (mut sock, h) in pollers.stop() {
-        let st = h.stats();
-        endpoint = h.endpoint().stats();
+        let st = (h.core_stats(), h.tx_stats());
+        endpoint = h.endpoint_stats();
         let frames = sock.check_no_leak();
         eprintln!(
             "{test}: queue {}: glue {st:?}; endpoint {endpoint:?}; socket {:?}; kernel {:?}; \
@@ -200,7 +140,7 @@ fn run_netrx(test: &str, mib: u64, imp: Impairment, ep_cfg: Config) -> NetrxRun 
             sock.stats(),
             sock.kernel_stats().ok(),
         );
-        if h.multi_held() != 0 || st.unknown_releases != 0 {
+        if h.held() != (0, 0) || st.1.bad_releases != 0 {
             leaks.push(format!("queue {}: glue {st:?}", sock.queue()));
         }
         match frames {
@@ -227,7 +167,7 @@ fn run_netrx(test: &str, mib: u64, imp: Impairment, ep_cfg: Config) -> NetrxRun 
         run.gbps(),
         run.relay,
         run.sender_tcp,
-        run.got.as_ref().map(|g| g.conn)
+        run.got.as_ref().and_then(|g| g.conn)
     );
     run
 }
@@ -267,7 +207,7 @@ fn xsk_impaired_stream_loss_reorder_dup_corrupt() {
     );
 
     // The receiver handled it.
-    let cs = got.conn;
+    let cs = got.conn.expect("the connection's counters at its end");
     assert!(cs.ooo_segments > 0, "out-of-order segments queued: {cs:?}");
     assert!(cs.dup_bytes > 0, "duplicate bytes dropped: {cs:?}");
     assert_eq!(cs.payload_in, bytes, "{cs:?}");
@@ -325,7 +265,7 @@ fn xsk_impaired_vs_kernel_report() {
         },
     );
     let row = |name: &str, r: &NetrxRun| {
-        let c = r.got.as_ref().map(|g| g.conn).unwrap_or_default();
+        let c = r.got.as_ref().and_then(|g| g.conn).unwrap_or_default();
         format!(
             "{name} {:.2?} ({:.3} Gbit/s) receiver: ooo_segments {} dup_bytes {} mem_drops {} \
              ooo_pruned {} paws_drops {} acks_sent {}; sender: {}",

@@ -2,109 +2,42 @@
 //! receive path (AF_XDP shell + `netrx::tcp` endpoint through `netrx::xsk::tcp_rx`), and the
 //! SHA-256 of what the application read matches what was sent.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant as StdInstant};
 
-use netrx::tcp::{Config, ConnId, Endpoint, Instant};
+use netrx::tcp::Config;
 use netrx::xsk::poller::{self, PollerConfig, Pollers};
-use netrx::xsk::tcp_rx::{FrameView, StreamApp, TcpQueue};
 use netrx::xsk::{AttachMode, ServiceConfig, XdpMode, XdpService, XskSocket};
+use netrx_tests::hashq::{HashQueue, StreamResult};
 use netrx_tests::netns::{self, LinkOpts, TwoHost, RECEIVER_ADDR};
 use netrx_tests::stream::{send_seeded, spawn_iperf2_client, SendOpts};
 use sha2::{Digest, Sha256};
 
 const PORT: u16 = 5201;
 
-/// What the application saw of one connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct StreamResult {
-    queue: u32,
-    bytes: u64,
-    sha: [u8; 32],
-    error: Option<String>,
-}
-
-/// Accepts every connection, hashes everything it reads, closes at end of stream.
-struct HashApp {
-    queue: u32,
-    conns: HashMap<ConnId, (Sha256, u64)>,
-    done: mpsc::Sender<StreamResult>,
-}
-
-impl StreamApp for HashApp {
-    fn on_round(
-        &mut self,
-        ep: &mut Endpoint,
-        frames: &FrameView<'_>,
-        ready: &[ConnId],
-        now: Instant,
-    ) {
-        let mut todo: Vec<ConnId> = ready.to_vec();
-        while let Some(c) = ep.accept(PORT) {
-            self.conns.insert(c, (Sha256::new(), 0));
-            todo.push(c);
-        }
-        for c in todo {
-            let Some((h, n)) = self.conns.get_mut(&c) else {
-                continue;
-            };
-            let got = ep
-                .consume(now, c, usize::MAX, |seg| {
-                    frames.segment(seg, |b| h.update(b));
-                })
-                .unwrap_or(0);
-            *n += got as u64;
-            let Some(info) = ep.info(c) else { continue };
-            let error = info.error.map(|e| e.to_string());
-            if (info.eof && info.available == 0) || error.is_some() {
-                let (h, n) = self.conns.remove(&c).unwrap();
-                let _ = self.done.send(StreamResult {
-                    queue: self.queue,
-                    bytes: n,
-                    sha: h.finalize().into(),
-                    error,
-                });
-                let _ = ep.close(now, c);
-            }
-        }
-    }
-}
-
 /// One poller per socket, each queue with an endpoint listening on `PORT` (configured by
-/// `ep_cfg(queue)`) and a [`HashApp`] reporting to `done`.
+/// `ep_cfg(queue)`) and an inline [`HashQueue`] reader reporting to `done`.
 fn spawn_hash_pollers(
     sockets: Vec<XskSocket>,
     done: &mpsc::Sender<StreamResult>,
     origin: StdInstant,
     ep_cfg: impl Fn(u32) -> Config,
-) -> Pollers<TcpQueue<HashApp>> {
-    poller::spawn(sockets, PollerConfig::default(), |q| {
-        let mut ep = Endpoint::new(ep_cfg(q));
-        ep.listen(PORT).unwrap();
-        TcpQueue::new(
-            ep,
-            HashApp {
-                queue: q,
-                conns: HashMap::new(),
-                done: done.clone(),
-            },
-            origin,
-        )
-    })
+) -> Pollers<HashQueue> {
+    let handlers = sockets
+        .into_iter()
+        .map(|s| {
+            let h = HashQueue::new(&s, ep_cfg(s.queue()), PORT, origin, done.clone());
+            (s, h)
+        })
+        .collect();
+    poller::spawn_handlers(handlers, PollerConfig::default()).expect("spawn pollers")
 }
 
 /// The XDP service in native mode on the receiver with [`spawn_hash_pollers`] on default
 /// endpoints. Keep the service alive while the pollers run.
-fn hash_service(
-    t: &TwoHost,
-) -> (
-    XdpService,
-    Pollers<TcpQueue<HashApp>>,
-    mpsc::Receiver<StreamResult>,
-) {
+fn hash_service(t: &TwoHost) -> (XdpService, Pollers<HashQueue>, mpsc::Receiver<StreamResult>) {
     let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
     cfg.attach = AttachMode::Native;
     let mut svc = t
@@ -191,10 +124,11 @@ fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64, mtu: u32) {
     if results.iter().any(|r| r.is_err()) {
         for (mut sock, h) in pollers.stop() {
             eprintln!(
-                "queue {}: {:?}; endpoint {:?}; frames {:?}",
+                "queue {}: {:?} {:?}; endpoint {:?}; frames {:?}",
                 sock.queue(),
-                h.stats(),
-                h.endpoint().stats(),
+                h.core_stats(),
+                h.tx_stats(),
+                h.endpoint_stats(),
                 sock.outstanding()
             );
         }
@@ -239,16 +173,16 @@ fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64, mtu: u32) {
     // Give the endpoint a moment to see the last ACKs, then check the frame accounting.
     std::thread::sleep(Duration::from_millis(100));
     for (mut sock, h) in pollers.stop() {
-        let st = h.stats();
-        assert_eq!(h.multi_held(), 0);
-        assert_eq!(st.unknown_releases, 0, "{st:?}");
+        let st = (h.core_stats(), h.tx_stats());
+        assert_eq!(h.held(), (0, 0), "the copy path holds nothing");
+        assert_eq!(st.1.bad_releases, 0, "{st:?}");
         let c = sock
             .check_no_leak()
             .unwrap_or_else(|e| panic!("queue {}: {e} ({st:?})", sock.queue()));
         eprintln!(
             "queue {}: {st:?}; frames {c:?}; endpoint {:?}",
             sock.queue(),
-            h.endpoint().stats()
+            h.endpoint_stats()
         );
     }
 }
@@ -364,6 +298,7 @@ fn one_stream_gbps(mib: u64, netrx: bool) -> f64 {
                 bytes: n,
                 sha: h.finalize().into(),
                 error: None,
+                conn: None,
             });
         }));
     }

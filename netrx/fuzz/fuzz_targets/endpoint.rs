@@ -155,7 +155,11 @@ fuzz_target!(|data: &[u8]| {
                 netrx::wire::parse(f.as_bytes(), ChecksumMode::Verify).expect("our frames verify");
             our_seq_guess = p.tcp.seq.wrapping_add(1);
         }
-        ep.take_released(&mut released);
+        while let Some(ev) = ep.poll_event() {
+            if let netrx::tcp::EndpointEvent::FrameReleased(f) = ev {
+                released.push(f);
+            }
+        }
         for f in released.drain(..) {
             assert!(
                 frames.remove(&f).is_some(),
@@ -182,7 +186,11 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
-    ep.take_released(&mut released);
+    while let Some(ev) = ep.poll_event() {
+            if let netrx::tcp::EndpointEvent::FrameReleased(f) = ev {
+                released.push(f);
+            }
+        }
     for f in released.drain(..) {
         assert!(
             frames.remove(&f).is_some(),

@@ -254,6 +254,16 @@ impl Regions {
         Ok(())
     }
 
+    /// Borrows `len` bytes at `at` (a received frame the caller owns, for parsing in place).
+    /// The caller must own the range: no device or kernel writes it while the borrow lives
+    /// (for the UMEM: a frame taken from the RX ring and not yet given back to the fill ring).
+    pub fn bytes(&self, at: MemRef, len: usize) -> Result<&[u8], MemError> {
+        let p = self.resolve(at, len)?;
+        // SAFETY: bounds-checked against a live allocation that outlives `self` (RegionMemory's
+        // contract); the caller owns the range, so nothing writes it during the borrow.
+        Ok(unsafe { std::slice::from_raw_parts(p, len) })
+    }
+
     /// Copies bytes out of a region.
     pub fn read(&self, src: MemRef, out: &mut [u8]) -> Result<(), MemError> {
         let s = self.resolve(src, out.len())?;

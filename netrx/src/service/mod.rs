@@ -46,10 +46,8 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -60,9 +58,11 @@ pub use engine::{model_timing, AnyEngine, MODEL_BYTES_PER_SEC, MODEL_PER_DESC};
 pub use ioat_driver::model::{ModelDevice, Preset, Timing};
 
 use crate::copy::{CopyStats, PolicyKind, RecvRequest, NETDMA_DEFAULT_COPYBREAK};
+use crate::rxcore::CoreStats;
 use crate::tcp::EndpointStats;
 use crate::wire::ChecksumMode;
-use crate::xsk::tcp_rx::TcpQueueStats;
+use crate::xsk::poller::{Pollers, Waker};
+pub use crate::xsk::TxStats;
 use crate::xsk::{AttachMode, SocketConfig, XdpMode, XdpService};
 
 /// Which copy engine the pollers use.
@@ -225,7 +225,10 @@ pub struct QueueStats {
     pub queue: u32,
     pub copy: CopyStats,
     pub endpoint: EndpointStats,
-    pub tcp: TcpQueueStats,
+    /// The receive core's packet and frame counters.
+    pub core: CoreStats,
+    /// Control frames sent and dropped by the shell.
+    pub tx: TxStats,
     /// Streams open at the poller.
     pub streams: usize,
     pub accepted: u64,
@@ -263,57 +266,12 @@ pub struct StreamStats {
 
 // ----- plumbing shared by both sides -----
 
-/// Wakes a sleeping poller when a request arrives.
-pub(crate) struct Waker {
-    efd: std::os::fd::OwnedFd,
-    pub(crate) sleeping: AtomicBool,
-    pub(crate) pending: AtomicUsize,
-}
-
-impl Waker {
-    fn new() -> io::Result<Waker> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain eventfd(2); the fd is checked and then owned.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Waker {
-            // SAFETY: fresh fd owned by nobody else.
-            efd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
-            sleeping: AtomicBool::new(false),
-            pending: AtomicUsize::new(0),
-        })
-    }
-
-    pub(crate) fn raw_fd(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.efd.as_raw_fd()
-    }
-
-    pub(crate) fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe { libc::write(self.raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
-    }
-
-    pub(crate) fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our nonblocking eventfd.
-        unsafe { libc::read(self.raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
-    }
-
-    /// Sends a request to the poller and wakes it if it sleeps.
-    fn send(&self, tx: &SyncSender<Request>, r: Request) -> io::Result<()> {
-        self.pending.fetch_add(1, Ordering::SeqCst);
-        if tx.send(r).is_err() {
-            self.pending.fetch_sub(1, Ordering::SeqCst);
-            return Err(stopped());
-        }
-        if self.sleeping.load(Ordering::SeqCst) {
-            self.wake();
-        }
+/// Sends a request to the poller and wakes it if it sleeps.
+fn send(waker: &Waker, tx: &SyncSender<Request>, r: Request) -> io::Result<()> {
+    if waker.send_with(|| tx.send(r).is_ok()) {
         Ok(())
+    } else {
+        Err(stopped())
     }
 }
 
@@ -369,7 +327,6 @@ pub(crate) struct StreamShared {
 }
 
 pub(crate) struct QueueShared {
-    pub(crate) stop: AtomicBool,
     pub(crate) waker: Waker,
     pub(crate) stats: Mutex<QueueStats>,
 }
@@ -394,7 +351,7 @@ pub(crate) struct StreamParts {
 /// receives fail with `ConnectionAborted`) and detaches the program.
 pub struct Listener {
     queues: Vec<Arc<QueueShared>>,
-    threads: Vec<JoinHandle<()>>,
+    pollers: Option<Pollers<queue::ServiceQueue>>,
     accept_rx: Mutex<Receiver<StreamParts>>,
     pool: BufPool,
     engine: EngineKind,
@@ -508,14 +465,18 @@ impl Listener {
     }
 
     fn stop_pollers(&mut self) {
+        let Some(pollers) = self.pollers.take() else {
+            return;
+        };
+        pollers.signal_stop();
         for q in &self.queues {
-            q.stop.store(true, Ordering::SeqCst);
             q.waker.wake();
         }
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("a netrx poller thread panicked");
-            }
+        for (sock, handler) in pollers.stop() {
+            // The handler (copier, engine, DMA mappings of the UMEM) goes before the socket
+            // and its UMEM.
+            drop(handler);
+            drop(sock);
         }
     }
 }
@@ -627,7 +588,8 @@ impl Stream {
     }
 
     fn round_trip(&mut self, req: RecvRequest, target: Target) -> io::Result<Reply> {
-        self.q.waker.send(
+        send(
+            &self.q.waker,
             &self.tx,
             Request::Recv {
                 sid: self.sid,
@@ -671,7 +633,8 @@ impl Stream {
 
     /// SO_RCVBUF of this connection (its TCP window, in frame truesize).
     pub fn set_rcvbuf(&mut self, bytes: usize) -> io::Result<()> {
-        self.q.waker.send(
+        send(
+            &self.q.waker,
             &self.tx,
             Request::SetRcvbuf {
                 sid: self.sid,
@@ -709,10 +672,7 @@ impl io::Read for Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        let _ = self
-            .q
-            .waker
-            .send(&self.tx, Request::Close { sid: self.sid });
+        let _ = send(&self.q.waker, &self.tx, Request::Close { sid: self.sid });
     }
 }
 

@@ -49,6 +49,24 @@ impl RxSegment {
     }
 }
 
+/// What happened in the endpoint, for the shell or the per-queue core to act on, in order.
+/// Drained with [`Endpoint::poll_event`] (one queue, like quinn-proto's `Connection::poll`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointEvent {
+    /// A connection to `port` completed its handshake: [`Endpoint::accept`] returns it.
+    Acceptable { port: u16 },
+    /// An accepted connection has new in-order data (or data became readable on accept).
+    Readable(ConnId),
+    /// The peer's FIN arrived in order: after the data already readable, the stream ends.
+    Fin(ConnId),
+    /// The connection was reset by the peer.
+    Reset(ConnId),
+    /// The connection was aborted by a timeout (retransmissions or idle).
+    TimedOut(ConnId),
+    /// The endpoint no longer references this frame: give it back (fill ring).
+    FrameReleased(FrameId),
+}
+
 /// Endpoint-wide counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndpointStats {
@@ -94,7 +112,12 @@ struct Listener {
 struct Slot {
     gen: u32,
     conn: Option<Box<Conn>>,
+    /// Events already reported for this connection (`REPORTED_*`).
+    reported: u8,
 }
+
+const REPORTED_FIN: u8 = 1;
+const REPORTED_ERR: u8 = 2;
 
 /// The receive endpoint. See the module documentation.
 #[derive(Debug)]
@@ -108,7 +131,7 @@ pub struct Endpoint {
     last: Option<(FlowKey, u32)>,
     tx: VecDeque<TxFrame>,
     released: Vec<FrameId>,
-    ready: Vec<ConnId>,
+    events: VecDeque<EndpointEvent>,
     /// Connections whose memory shrank since the last window-update check.
     wnd_check: Vec<ConnId>,
     stats: EndpointStats,
@@ -126,7 +149,7 @@ impl Endpoint {
             last: None,
             tx: VecDeque::new(),
             released: Vec::new(),
-            ready: Vec::new(),
+            events: VecDeque::new(),
             wnd_check: Vec::new(),
             stats: EndpointStats::default(),
         }
@@ -149,11 +172,14 @@ impl Endpoint {
         Ok(())
     }
 
-    /// The next established connection on `port`, if any.
+    /// The next established connection on `port`, if any. What it already received is
+    /// reported at once (`Readable`, `Fin`, `Reset`/`TimedOut` events).
     pub fn accept(&mut self, port: u16) -> Option<ConnId> {
         let id = self.listeners.get_mut(&port)?.accept.pop_front()?;
         if let Some(c) = self.conn_mut(id) {
             c.accepted = true;
+            let news = c.available > 0 || c.eof || c.error.is_some();
+            self.report(id.idx, news);
         }
         Some(id)
     }
@@ -307,22 +333,48 @@ impl Endpoint {
         let id = c.id;
         let state = c.state;
         let port = c.addrs.local_port;
-        if out.notify && !c.in_ready && c.accepted {
-            c.in_ready = true;
-            self.ready.push(id);
-        }
+        self.report(idx, out.notify);
         if was_embryonic && state != State::SynReceived {
             if let Some(l) = self.listeners.get_mut(&port) {
                 l.embryonic -= 1;
                 if out.established {
                     self.stats.established += 1;
                     l.accept.push_back(id);
+                    self.events.push_back(EndpointEvent::Acceptable { port });
                 }
             }
         }
         if state == State::Closed {
             self.unmap(idx);
             self.reap(idx);
+        }
+    }
+
+    /// Queues the events of an accepted connection: `Readable` (once until it is polled) when
+    /// `news`, then `Fin` and `Reset`/`TimedOut` the first time they are true.
+    fn report(&mut self, idx: u32, news: bool) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(c) = slot.conn.as_deref_mut() else {
+            return;
+        };
+        if !c.accepted {
+            return;
+        }
+        let id = c.id;
+        if news && !c.in_ready {
+            c.in_ready = true;
+            self.events.push_back(EndpointEvent::Readable(id));
+        }
+        if c.eof && slot.reported & REPORTED_FIN == 0 {
+            slot.reported |= REPORTED_FIN;
+            self.events.push_back(EndpointEvent::Fin(id));
+        }
+        if let Some(e) = c.error.filter(|_| slot.reported & REPORTED_ERR == 0) {
+            slot.reported |= REPORTED_ERR;
+            self.events.push_back(match e {
+                super::ConnError::Reset => EndpointEvent::Reset(id),
+                super::ConnError::TimedOut => EndpointEvent::TimedOut(id),
+            });
         }
     }
 
@@ -361,6 +413,7 @@ impl Endpoint {
             }
         }
         slot.conn = None;
+        slot.reported = 0;
         slot.gen = slot.gen.wrapping_add(1);
         self.free.push(idx);
         self.live -= 1;
@@ -396,7 +449,11 @@ impl Endpoint {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot { gen: 0, conn: None });
+                self.slots.push(Slot {
+                    gen: 0,
+                    conn: None,
+                    reported: 0,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -466,24 +523,19 @@ impl Endpoint {
         self.tx.len()
     }
 
-    /// Moves the frames no longer referenced into `out` (append); the shell returns them to the
-    /// fill ring.
-    pub fn take_released(&mut self, out: &mut Vec<FrameId>) {
-        out.append(&mut self.released);
-    }
-
-    /// Moves the accepted connections with news (data, end of stream, error) into `out`.
-    pub fn take_ready(&mut self, out: &mut Vec<ConnId>) {
-        for id in self.ready.drain(..) {
-            if let Some(s) = self.slots.get_mut(id.idx as usize) {
-                if s.gen == id.gen {
-                    if let Some(c) = s.conn.as_deref_mut() {
-                        c.in_ready = false;
-                        out.push(id);
-                    }
-                }
+    /// The next event, in order: frames released first (so that they go back to the fill ring
+    /// as early as possible), then connection events. See [`EndpointEvent`].
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        if let Some(f) = self.released.pop() {
+            return Some(EndpointEvent::FrameReleased(f));
+        }
+        let ev = self.events.pop_front()?;
+        if let EndpointEvent::Readable(id) = ev {
+            if let Some(c) = self.conn_mut(id) {
+                c.in_ready = false;
             }
         }
+        Some(ev)
     }
 
     // ----- per connection -----

@@ -6,26 +6,28 @@
 //! XdpService::open(ServiceConfig)      iface checks -> XSKMAP -> program -> sockets -> bpf_link
 //!   .take_sockets() -> Vec<XskSocket>   one per queue
 //! poller::spawn(sockets, |queue| handler)   one thread per queue, each owning its socket
+//! CoreIo: a handler's I/O around an `RxCore` (RX descriptors in, fill ring and TX out)
 //! ```
 //!
 //! All `unsafe` of the AF_XDP path lives in this module (mmap'd rings, UMEM, syscalls).
 
 pub mod bpf;
+pub mod core_io;
 pub mod frames;
 pub mod iface;
 pub mod insn;
 pub mod poller;
 pub mod ring;
 pub mod socket;
-pub mod tcp_rx;
 
 use std::io;
 
 pub use bpf::{AttachMode, XdpLink, XdpMode, XdpProgram, XskMap};
+pub use core_io::{CoreIo, TxStats};
 pub use frames::{FrameId, FrameState};
 pub use iface::IfaceInfo;
 pub use insn::ProgramSpec;
-pub use poller::{Pollers, QueueHandler};
+pub use poller::{Pollers, QueueHandler, Waker};
 pub use socket::{
     FrameCounts, KernelStats, RxDesc, RxPacket, SocketConfig, TxError, XskSocket, XskStats,
     XDP_HEADROOM,

@@ -1,10 +1,14 @@
-//! One poller thread per RX queue, each owning its socket and a handler.
+//! One poller thread per RX queue, each owning its socket and a handler: the only poller loop.
 //!
-//! The handler is where the TCP core plugs in: it gets every received batch together with the
-//! socket (to read frame bytes, release frames now or later, and queue TX frames), and an idle
-//! callback for timers. The poller flushes TX, reaps completions and refills the fill ring.
+//! The handler is where the per-queue core plugs in (the service's handler drives
+//! [`crate::rxcore::RxCore`]): it gets every received batch together with the socket (to read
+//! frame bytes, release frames now or later, and queue TX frames), and an idle callback for
+//! timers and DMA completions. The poller spins a bounded number of empty rounds, then sleeps
+//! in `poll()` on the socket and the handler's [`Waker`]; it kicks TX after every round.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,11 +22,114 @@ pub trait QueueHandler: Send + 'static {
     /// returns are released by the poller.
     fn on_rx(&mut self, sock: &mut XskSocket, batch: &mut Vec<RxPacket>, now: Instant);
 
-    /// Called when a wait ended without packets (at least every `idle_wait`), for timers.
+    /// Called after every round without packets (at least every `idle_wait`), for timers and
+    /// DMA completions.
     fn on_idle(&mut self, _sock: &mut XskSocket, _now: Instant) {}
 
     /// Called once when the poller stops: release every held frame here.
     fn on_stop(&mut self, _sock: &mut XskSocket) {}
+
+    /// False while work needs polling without RX (DMA in flight, accepts to hand over): the
+    /// poller keeps spinning instead of sleeping.
+    fn can_sleep(&self) -> bool {
+        true
+    }
+
+    /// Lets other threads wake this poller when it sleeps (application requests).
+    fn waker(&self) -> Option<&Waker> {
+        None
+    }
+}
+
+/// Wakes a sleeping poller: an eventfd plus a count of requests sent and not yet taken. A
+/// sender counts its request, sends it, and writes the eventfd if the poller said it sleeps;
+/// the poller says it sleeps, then sleeps only if no request is outstanding.
+pub struct Waker {
+    efd: OwnedFd,
+    sleeping: AtomicBool,
+    pending: AtomicUsize,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Waker> {
+        // SAFETY: plain eventfd(2); the fd is checked and then owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Waker {
+            // SAFETY: fresh fd owned by nobody else.
+            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+            sleeping: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
+        })
+    }
+
+    /// Sends one request with `send` (which returns false if the poller is gone) and wakes
+    /// the poller if it sleeps.
+    pub fn send_with(&self, send: impl FnOnce() -> bool) -> bool {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if !send() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.wake();
+        }
+        true
+    }
+
+    /// The poller took one request.
+    pub fn taken(&self) {
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wakes the poller whether or not a request is outstanding (e.g. to stop it).
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe {
+            libc::write(
+                self.efd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+    }
+
+    /// Sleeps up to `timeout_ms` on `fd` (the socket) and the eventfd, unless a request is
+    /// outstanding.
+    fn sleep(&self, fd: i32, timeout_ms: i32) {
+        self.sleeping.store(true, Ordering::SeqCst);
+        if self.pending.load(Ordering::SeqCst) == 0 {
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.efd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+            if fds[1].revents != 0 {
+                let mut v: u64 = 0;
+                // SAFETY: reads 8 bytes into a live u64 from our nonblocking eventfd.
+                unsafe {
+                    libc::read(
+                        self.efd.as_raw_fd(),
+                        &mut v as *mut u64 as *mut libc::c_void,
+                        8,
+                    )
+                };
+            }
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Any `FnMut(&mut XskSocket, &mut Vec<RxPacket>, Instant)` is a handler.
@@ -44,6 +151,8 @@ pub struct PollerConfig {
     pub idle_wait: Duration,
     /// Spin (non-blocking recv) this many empty rounds before blocking in `poll()`.
     pub spin_rounds: u32,
+    /// Thread name prefix (the queue number follows).
+    pub name: &'static str,
 }
 
 impl Default for PollerConfig {
@@ -51,7 +160,8 @@ impl Default for PollerConfig {
         Self {
             batch: 64,
             idle_wait: Duration::from_millis(5),
-            spin_rounds: 16,
+            spin_rounds: 64,
+            name: "netrx-q",
         }
     }
 }
@@ -68,19 +178,34 @@ where
     H: QueueHandler,
     M: FnMut(u32) -> H,
 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads = sockets
+    let handlers: Vec<(XskSocket, H)> = sockets
         .into_iter()
-        .map(|sock| {
-            let handler = make(sock.queue());
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("netrx-xsk-q{}", sock.queue()))
-                .spawn(move || run(sock, handler, cfg, &stop))
-                .expect("spawn poller thread")
+        .map(|s| {
+            let h = make(s.queue());
+            (s, h)
         })
         .collect();
-    Pollers { stop, threads }
+    spawn_handlers(handlers, cfg).expect("spawn poller thread")
+}
+
+/// Start one thread per (socket, handler).
+pub fn spawn_handlers<H: QueueHandler>(
+    queues: Vec<(XskSocket, H)>,
+    cfg: PollerConfig,
+) -> io::Result<Pollers<H>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pollers = Pollers {
+        stop: stop.clone(),
+        threads: Vec::with_capacity(queues.len()),
+    };
+    for (sock, handler) in queues {
+        let stop = stop.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("{}{}", cfg.name, sock.queue()))
+            .spawn(move || run(sock, handler, cfg, &stop))?;
+        pollers.threads.push(t);
+    }
+    Ok(pollers)
 }
 
 fn run<H: QueueHandler>(
@@ -92,7 +217,7 @@ fn run<H: QueueHandler>(
     let mut batch = Vec::with_capacity(cfg.batch);
     let wait_ms = cfg.idle_wait.as_millis().clamp(1, i32::MAX as u128) as i32;
     let mut empty = 0u32;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Acquire) {
         let n = sock.recv(&mut batch, cfg.batch);
         if n > 0 {
             empty = 0;
@@ -101,14 +226,18 @@ fn run<H: QueueHandler>(
                 sock.release_packet(&p);
             }
         } else {
-            empty += 1;
-            if empty > cfg.spin_rounds {
-                if !sock.wait_rx(wait_ms) {
-                    h.on_idle(&mut sock, Instant::now());
+            empty = empty.saturating_add(1);
+            if empty > cfg.spin_rounds && h.can_sleep() {
+                match h.waker() {
+                    Some(w) => w.sleep(sock.raw_fd(), wait_ms),
+                    None => {
+                        sock.wait_rx(wait_ms);
+                    }
                 }
-            } else {
+            } else if empty > 4 {
                 std::thread::yield_now();
             }
+            h.on_idle(&mut sock, Instant::now());
         }
         if let Err(e) = sock.flush() {
             tracing::warn!(queue = sock.queue(), error = %e, "TX kick failed");
@@ -120,9 +249,10 @@ fn run<H: QueueHandler>(
 }
 
 impl<H: QueueHandler> Pollers<H> {
-    /// Ask the threads to stop (they finish their current round).
+    /// Ask the threads to stop (they finish their current round; a sleeping one within
+    /// `idle_wait`).
     pub fn signal_stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
     }
 
     /// Stop and join; returns each queue's socket and handler (for accounting checks).

@@ -2,10 +2,12 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use super::frames::{FrameError, FrameId, FrameState, FrameTable, StateCounts};
 use super::ring::{Ring, RingOffsets};
 use super::XskError;
+use crate::copy::RegionMemory;
 
 /// XDP headroom the kernel leaves in front of a received frame in copy mode.
 pub const XDP_HEADROOM: u32 = 256;
@@ -168,13 +170,27 @@ pub enum TxError {
     Frame(#[from] FrameError),
 }
 
+/// The UMEM mapping. Shared (`Arc`) between its socket and the copy path, which reads frames
+/// through it as a [`RegionMemory`]; unmapped when the last owner drops, after the socket closed.
 struct Umem {
     base: *mut u8,
     len: usize,
 }
 
-// SAFETY: the UMEM mapping is owned exclusively by its socket; sending it moves that ownership.
+// SAFETY: the mapping is plain memory reached only through raw pointers; moving the owner to
+// another thread moves nothing but the address.
 unsafe impl Send for Umem {}
+// SAFETY: as above; no `&`-reference into the mapping is handed out by `Umem` itself.
+unsafe impl Sync for Umem {}
+// SAFETY: the mapping stays at `base` for `len` bytes until the last `Arc<Umem>` drops.
+unsafe impl RegionMemory for Umem {
+    fn as_ptr(&self) -> *mut u8 {
+        self.base
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
 
 impl Drop for Umem {
     fn drop(&mut self) {
@@ -192,7 +208,7 @@ pub struct XskSocket {
     rx: Ring<libc::xdp_desc>,
     tx: Ring<libc::xdp_desc>,
     fd: OwnedFd,
-    umem: Umem,
+    umem: Arc<Umem>,
     frames: FrameTable,
     cfg: SocketConfig,
     ifindex: u32,
@@ -269,10 +285,10 @@ impl XskSocket {
         if base == libc::MAP_FAILED {
             return Err(XskError::from_os("mmap(UMEM)", io::Error::last_os_error()));
         }
-        let umem = Umem {
+        let umem = Arc::new(Umem {
             base: base as *mut u8,
             len,
-        };
+        });
 
         // Zero the whole struct: on recent kernels the old padding is `tx_metadata_len`.
         // SAFETY: xdp_umem_reg is plain integers; all-zero is a valid value.
@@ -433,6 +449,11 @@ impl XskSocket {
     /// kernel writes frames that are in the fill ring at any time.
     pub fn umem_range(&self) -> (*mut u8, usize) {
         (self.umem.base, self.umem.len)
+    }
+    /// The UMEM as a copy region: the copy path reads received frames through it (region
+    /// offset = UMEM address). It keeps the mapping alive even after the socket is dropped.
+    pub fn umem_region(&self) -> Arc<dyn RegionMemory> {
+        self.umem.clone()
     }
     pub fn queue(&self) -> u32 {
         self.queue

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use netrx::tcp::{Config, ConnId, Endpoint, FrameDisposition, Instant, RxSegment};
+use netrx::tcp::{Config, ConnId, Endpoint, EndpointEvent, FrameDisposition, Instant, RxSegment};
 use netrx::wire::tcp::{OptionsOut, TcpFlags};
 use netrx::wire::{self, build_segment, ChecksumMode, IpPair, Packet, ReplyAddrs, SegmentSpec};
 
@@ -90,7 +90,11 @@ impl Harness {
 
     pub fn collect_released(&mut self) {
         let mut r = Vec::new();
-        self.ep.take_released(&mut r);
+        while let Some(ev) = self.ep.poll_event() {
+            if let EndpointEvent::FrameReleased(f) = ev {
+                r.push(f);
+            }
+        }
         for f in r {
             assert!(
                 self.frames.remove(&f).is_some(),
