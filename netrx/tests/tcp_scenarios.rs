@@ -1017,3 +1017,81 @@ fn paws_drop_above_rcv_nxt_is_not_reported_as_sack() {
     let t = h.tx();
     assert_eq!(t[0].sack(), vec![(base + 500, base + 1000)]);
 }
+
+#[test]
+fn a_batch_of_in_order_segments_is_acknowledged_once_at_its_end() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    h.flush_each = false;
+    // 20 segments: below half the 65 535 bytes the SYN-ACK offered.
+    let data = pattern(1448 * 20, 5);
+    for k in 0..20 {
+        h.send_data(1448 * k as u32, &data[1448 * k..1448 * (k + 1)], false);
+    }
+    assert!(h.tx().is_empty(), "no ACK inside the batch");
+    h.ep.flush(h.now);
+    let t = h.tx();
+    assert_eq!(t.len(), 1, "one cumulative ACK for the batch");
+    assert_eq!(h.ack_of(&t[0]), 1448 * 20);
+    assert_eq!(h.ep.info(h.id()).unwrap().stats.batch_acks, 1);
+    // Nothing new: the next batch end sends nothing.
+    h.ep.flush(h.now);
+    assert!(h.tx().is_empty());
+}
+
+#[test]
+fn a_batch_end_ack_covers_at_most_64_kb_and_half_the_offered_window() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    h.flush_each = false;
+    let data = pattern(1448 * 100, 6);
+    let mut acks = Vec::new();
+    for k in 0..100 {
+        h.send_data(1448 * k as u32, &data[1448 * k..1448 * (k + 1)], false);
+        acks.extend(h.tx().iter().map(|s| h.ack_of(s)));
+    }
+    // The SYN-ACK offered 65 535 bytes: 23 segments (33 304 bytes) use half of it and are
+    // acknowledged at once (the ACK opens the scaled window); then 46 segments (66 608 bytes)
+    // reach 64 KiB.
+    assert_eq!(acks, vec![1448 * 23, 1448 * (23 + 46)]);
+    h.ep.flush(h.now);
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert_eq!(h.ack_of(&t[0]), 1448 * 100);
+}
+
+#[test]
+fn out_of_order_data_in_a_batch_is_acknowledged_at_once() {
+    let mut h = Harness::new(no_quickack());
+    h.handshake(true);
+    h.flush_each = false;
+    let data = pattern(1448 * 6, 7);
+    for k in [0usize, 1, 2, 4] {
+        h.send_data(1448 * k as u32, &data[1448 * k..1448 * (k + 1)], false);
+    }
+    let t = h.tx();
+    assert_eq!(
+        t.len(),
+        1,
+        "the hole is reported at once: {t:?}",
+        t = t.len()
+    );
+    assert_eq!(h.ack_of(&t[0]), 1448 * 3);
+    assert_eq!(t[0].sack().len(), 1, "with a SACK block");
+}
+
+#[test]
+fn without_batch_acks_every_second_segment_is_acknowledged() {
+    let mut h = Harness::new(Config {
+        batch_acks: false,
+        ..no_quickack()
+    });
+    h.handshake(true);
+    h.flush_each = false;
+    let data = pattern(1448 * 8, 8);
+    for k in 0..8 {
+        h.send_data(1448 * k as u32, &data[1448 * k..1448 * (k + 1)], false);
+    }
+    let acks: Vec<u32> = h.tx().iter().map(|s| h.ack_of(s)).collect();
+    assert_eq!(acks, vec![2896, 5792, 8688, 11584]);
+}

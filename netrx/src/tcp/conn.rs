@@ -26,6 +26,8 @@ pub(crate) struct Outcome {
     pub established: bool,
     /// Readable data, end of stream or an error appeared.
     pub notify: bool,
+    /// In-order data wants an ACK at the end of the batch ([`Conn::batch_ack`]).
+    pub batch_ack: bool,
 }
 
 /// A received frame the connection references.
@@ -789,7 +791,11 @@ impl Conn {
                     immediate_ack = true;
                 }
                 if self.unacked_bytes >= 2 * self.rcv_mss {
-                    immediate_ack = true;
+                    if io.cfg.batch_acks && self.unacked_bytes < self.ack_stretch(io.cfg) {
+                        out.batch_ack = true;
+                    } else {
+                        immediate_ack = true;
+                    }
                 }
             } else {
                 let slot = self.alloc_slot(frame, truesize);
@@ -861,6 +867,30 @@ impl Conn {
             self.stats.delayed_acks += 1;
         }
         out
+    }
+
+    /// The most unacknowledged bytes a batch-end ACK may cover (see [`Config::ack_stretch`]):
+    /// also at most half the window the last ACK offered, so the sender never runs out of
+    /// window waiting for the end of our batch.
+    fn ack_stretch(&self, cfg: &Config) -> u32 {
+        let offered = self.rcv_adv.wrapping_sub(self.last_ack_sent);
+        cfg.ack_stretch
+            .min(self.max_space() / 4)
+            .min(offered / 2)
+            .max(2 * self.rcv_mss)
+    }
+
+    /// End of a batch: one cumulative ACK if in-order data still waits for one.
+    pub fn batch_ack(&mut self, now: Instant, io: &mut Io) {
+        if self.unacked_bytes >= 2 * self.rcv_mss
+            && matches!(
+                self.state,
+                State::Established | State::FinWait1 | State::FinWait2
+            )
+        {
+            self.stats.batch_acks += 1;
+            self.send_ack(now, io);
+        }
     }
 
     /// Truesize of the frames held by the out-of-order store.

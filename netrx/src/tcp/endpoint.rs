@@ -134,6 +134,8 @@ pub struct Endpoint {
     events: VecDeque<EndpointEvent>,
     /// Connections whose memory shrank since the last window-update check.
     wnd_check: Vec<ConnId>,
+    /// Connections with in-order data waiting for the batch-end ACK.
+    ack_check: Vec<ConnId>,
     stats: EndpointStats,
 }
 
@@ -151,6 +153,7 @@ impl Endpoint {
             released: Vec::new(),
             events: VecDeque::new(),
             wnd_check: Vec::new(),
+            ack_check: Vec::new(),
             stats: EndpointStats::default(),
         }
     }
@@ -333,6 +336,9 @@ impl Endpoint {
         let id = c.id;
         let state = c.state;
         let port = c.addrs.local_port;
+        if out.batch_ack && self.ack_check.last() != Some(&id) {
+            self.ack_check.push(id);
+        }
         self.report(idx, out.notify);
         if was_embryonic && state != State::SynReceived {
             if let Some(l) = self.listeners.get_mut(&port) {
@@ -604,8 +610,17 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Sends the window updates made due by releases since the last call.
+    /// Ends a batch: sends the batch-end ACKs of the connections that received in-order data
+    /// (see [`Config::batch_acks`]), then the window updates made due by releases since the
+    /// last call. Call it once per received batch, after the consumer took what it could.
     pub fn flush(&mut self, now: Instant) {
+        let mut list = std::mem::take(&mut self.ack_check);
+        list.sort_unstable();
+        list.dedup();
+        for id in list.drain(..) {
+            let _ = self.with_conn(id, |c, io| c.batch_ack(now, io));
+        }
+        self.ack_check = list;
         let mut list = std::mem::take(&mut self.wnd_check);
         list.sort_unstable();
         list.dedup();

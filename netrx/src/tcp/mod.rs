@@ -126,6 +126,16 @@ pub struct Config {
     pub challenge_ack_limit: u32,
     /// Secret for initial sequence numbers (RFC 6528); set it randomly in production.
     pub isn_secret: u64,
+    /// Batch-level ACKs, as Linux acknowledges one GRO aggregate per NAPI poll: in-order data
+    /// that would be acknowledged at once (two full segments unacknowledged) is acknowledged by
+    /// one cumulative ACK per connection at the end of the batch ([`Endpoint::flush`]), unless
+    /// the unacknowledged bytes reach [`Config::ack_stretch`]. Out-of-order data, duplicates,
+    /// FIN and quickack at the start are still acknowledged at once. Off: every second full
+    /// segment is acknowledged as it arrives.
+    pub batch_acks: bool,
+    /// The most bytes one batch-end ACK acknowledges (GRO's 64 KB aggregate); also bounded by a
+    /// quarter of the receive window, so the sender's window keeps moving.
+    pub ack_stretch: u32,
 }
 
 impl Default for Config {
@@ -156,6 +166,8 @@ impl Default for Config {
             comp_sack_delay: Duration::from_millis(1),
             challenge_ack_limit: 10,
             isn_secret: 0x6e65_7472_7820_6973,
+            batch_acks: true,
+            ack_stretch: 64 << 10,
         }
     }
 }
@@ -181,6 +193,8 @@ pub struct ConnStats {
     /// Out-of-order ACKs held back and merged (SACK compression).
     pub acks_compressed: u64,
     pub delayed_acks: u64,
+    /// ACKs sent at the end of a batch (cumulative, for several segments).
+    pub batch_acks: u64,
     pub window_updates: u64,
     pub zero_window_acks: u64,
     pub paws_drops: u64,

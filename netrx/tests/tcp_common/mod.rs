@@ -45,6 +45,8 @@ pub struct Harness {
     pub ts_ecr: u32,
     pub conn: Option<ConnId>,
     pub received: Vec<u8>,
+    /// End the batch after every delivered frame (on by default).
+    pub flush_each: bool,
 }
 
 pub fn v4_peer(port: u16) -> ReplyAddrs {
@@ -79,6 +81,7 @@ impl Harness {
             ts_ecr: 0,
             conn: None,
             received: Vec::new(),
+            flush_each: true,
         }
     }
 
@@ -131,6 +134,10 @@ impl Harness {
         let d = self.ep.on_frame(self.now, id, &buf, TRUESIZE);
         if d == FrameDisposition::Held {
             self.frames.insert(id, buf);
+        }
+        if self.flush_each {
+            // Each frame is a batch of its own (batch-end ACKs as soon as they are due).
+            self.ep.flush(self.now);
         }
         self.collect_released();
         d
