@@ -176,6 +176,11 @@ pub struct ServiceConfig {
     pub checksum: ChecksumMode,
     pub attach: AttachMode,
     pub socket: SocketConfig,
+    /// Use 2 KiB UMEM frames (twice as many, same UMEM size) when the interface MTU fits one
+    /// (MTU up to 1774 with a VLAN tag) and scatter-gather is off: a 1448-byte segment then
+    /// costs 2 KiB of truesize instead of 4 KiB, so the same rcvbuf gives twice the window,
+    /// close to what Linux's truesize accounting gives a kernel socket.
+    pub small_frames: bool,
     /// Connections waiting for [`Listener::accept`] before the pollers hold new ones back.
     pub accept_backlog: usize,
     /// How often pollers publish stats.
@@ -201,6 +206,7 @@ impl ServiceConfig {
             checksum: ChecksumMode::Verify,
             attach: AttachMode::Auto,
             socket: SocketConfig::default(),
+            small_frames: true,
             accept_backlog: 128,
             stats_interval: Duration::from_millis(100),
             dma_timeout: Duration::from_millis(50),

@@ -78,6 +78,10 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
     xcfg.queues = cfg.queues.clone();
     xcfg.attach = cfg.attach;
     xcfg.socket = cfg.socket.clone();
+    if cfg.small_frames {
+        let iface = crate::xsk::iface::lookup(&cfg.iface).map_err(io::Error::other)?;
+        xcfg.socket = xcfg.socket.with_small_frames(iface.mtu, xcfg.vlan);
+    }
     let mut svc = XdpService::open(&xcfg).map_err(io::Error::other)?;
     let mode = svc.mode();
     let mtu = svc.iface().mtu;

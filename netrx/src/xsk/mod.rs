@@ -282,6 +282,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn small_frames_when_the_mtu_fits_one() {
+        let cfg = SocketConfig::default();
+        let s = cfg.with_small_frames(1500, true);
+        assert_eq!((s.frame_size, s.frame_count), (2048, 2 * cfg.frame_count));
+        assert!(check_mtu("v0", 1500, &s, true).is_ok());
+        assert!(s.validate().is_ok());
+        let s = cfg.with_small_frames(1774, true);
+        assert_eq!(s.frame_size, 2048, "1774 + 18 = 1792 = 2048 - headroom");
+        assert_eq!(cfg.with_small_frames(1775, true).frame_size, 4096);
+        assert_eq!(cfg.with_small_frames(3000, false).frame_size, 4096);
+        let sg = SocketConfig { sg: true, ..cfg };
+        assert_eq!(sg.with_small_frames(1500, true).frame_size, 4096);
+    }
+
+    #[test]
     fn mtu_check_names_the_fix() {
         let cfg = SocketConfig::default();
         assert!(check_mtu("v0", 1500, &cfg, true).is_ok());

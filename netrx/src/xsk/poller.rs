@@ -227,14 +227,19 @@ fn run<H: QueueHandler>(
             }
         } else {
             empty = empty.saturating_add(1);
-            if empty > cfg.spin_rounds && h.can_sleep() {
-                match h.waker() {
-                    Some(w) => w.sleep(sock.raw_fd(), wait_ms),
-                    None => {
-                        sock.wait_rx(wait_ms);
+            if h.can_sleep() {
+                // Spin a bounded budget (an empty round is a ring-index read), then block.
+                if empty > cfg.spin_rounds {
+                    match h.waker() {
+                        Some(w) => w.sleep(sock.raw_fd(), wait_ms),
+                        None => {
+                            sock.wait_rx(wait_ms);
+                        }
                     }
                 }
             } else if empty > 4 {
+                // Work in flight elsewhere (a DMA engine, or the device model's thread on
+                // this machine's cores): poll it, but let it run.
                 std::thread::yield_now();
             }
             h.on_idle(&mut sock, Instant::now());

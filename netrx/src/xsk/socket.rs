@@ -73,6 +73,20 @@ impl SocketConfig {
         Ok(())
     }
 
+    /// The same UMEM in 2 KiB chunks (twice as many) when a frame of `mtu` (plus Ethernet and
+    /// an optional VLAN header) fits one and scatter-gather is off; unchanged otherwise.
+    pub fn with_small_frames(&self, mtu: u32, vlan: bool) -> SocketConfig {
+        let l2 = 14 + if vlan { 4 } else { 0 };
+        if self.sg || self.frame_size != 4096 || mtu + l2 > 2048 - XDP_HEADROOM {
+            return self.clone();
+        }
+        SocketConfig {
+            frame_size: 2048,
+            frame_count: self.frame_count * 2,
+            ..self.clone()
+        }
+    }
+
     /// Largest Ethernet frame (without FCS) one chunk holds in copy mode.
     pub fn max_linear_frame(&self) -> u32 {
         self.frame_size - XDP_HEADROOM
