@@ -235,6 +235,8 @@ pub struct QueueStats {
     pub core: CoreStats,
     /// Control frames sent and dropped by the shell.
     pub tx: TxStats,
+    /// The AF_XDP socket's counters (RX batches and packets, TX kicks).
+    pub xsk: crate::xsk::XskStats,
     /// Streams open at the poller.
     pub streams: usize,
     pub accepted: u64,

@@ -287,7 +287,7 @@ impl ServiceQueue {
         self.outputs(sock);
         if at.saturating_duration_since(self.last_pub) >= self.interval {
             self.last_pub = at;
-            self.publish();
+            self.publish(sock);
         }
     }
 
@@ -422,10 +422,11 @@ impl ServiceQueue {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&self, sock: &XskSocket) {
         let copier = self.core.copier();
         {
             let mut s = self.q.stats.lock();
+            s.xsk = sock.stats();
             s.copy = copier.stats().clone();
             s.endpoint = self.core.endpoint().stats();
             s.core = self.core.stats();
@@ -479,7 +480,7 @@ impl QueueHandler for ServiceQueue {
         self.core.close_all(now);
         self.outputs(sock);
         let _ = sock.flush();
-        self.publish();
+        self.publish(sock);
         let check = sock
             .check_no_leak()
             .map(|_| ())

@@ -125,6 +125,8 @@ impl RxPacket {
 /// Counters of one socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XskStats {
+    /// `recv` calls that returned packets (rx_packets / rx_batches = mean batch).
+    pub rx_batches: u64,
     pub rx_packets: u64,
     pub rx_descs: u64,
     pub rx_bytes: u64,
@@ -546,6 +548,9 @@ impl XskSocket {
                 packets += 1;
                 take = i;
             }
+        }
+        if take > 0 {
+            self.stats.rx_batches += 1;
         }
         // Second pass: take those descriptors.
         let mut cur: Option<RxPacket> = None;
