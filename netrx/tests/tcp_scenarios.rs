@@ -607,8 +607,10 @@ fn idle_timeout_aborts() {
 
 #[test]
 fn syn_flood_is_bounded() {
+    // Without SYN cookies: SYNs beyond the backlog are dropped.
     let cfg = Config {
         syn_backlog: 64,
+        syn_cookies: false,
         ..Config::default()
     };
     let mut h = Harness::new(cfg);
@@ -1094,4 +1096,88 @@ fn without_batch_acks_every_second_segment_is_acknowledged() {
     }
     let acks: Vec<u32> = h.tx().iter().map(|s| h.ack_of(s)).collect();
     assert_eq!(acks, vec![2896, 5792, 8688, 11584]);
+}
+
+#[test]
+fn syn_flood_with_cookies_keeps_no_state_and_lets_a_client_in_at_once() {
+    let cfg = Config {
+        syn_backlog: 64,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    for port in 0..5000u16 {
+        h.peer.local_port = 10000 + port;
+        h.send_raw(
+            port as u32 * 7919,
+            TcpFlags::SYN,
+            &[],
+            Harness::syn_options(true),
+        );
+    }
+    assert_eq!(h.ep.connection_count(), 64, "state only for the backlog");
+    let st = h.ep.stats();
+    assert_eq!(st.syn_cookies_sent, 5000 - 64);
+    assert_eq!(st.syn_backlog_drops, 0);
+    assert_eq!(h.tx().len(), 5000, "every SYN answered");
+    // A real client, during the flood: its SYN-ACK carries a cookie, its ACK opens the
+    // connection with the options of its SYN (window scaling, SACK, timestamps).
+    h.peer.local_port = 40000;
+    let sa = h.handshake(true);
+    assert_eq!(sa.pkt.tcp.options.window_scale, Some(5));
+    assert_eq!(h.ep.stats().syn_cookies_ok, 1);
+    let info = h.ep.info(h.id()).unwrap();
+    assert_eq!(info.state, State::Established);
+    assert!(info.sack && info.timestamps);
+    let data = pattern(1448 * 4, 9);
+    for k in 0..4 {
+        h.send_data(1448 * k as u32, &data[1448 * k..1448 * (k + 1)], k == 3);
+    }
+    h.read_all();
+    assert_eq!(h.received, data);
+    // Out-of-order data is SACKed: the SACK option survived the cookie.
+    h.send_data(1448 * 5, &data[..1448], false);
+    let t = h.tx();
+    assert!(t.iter().any(|s| !s.sack().is_empty()), "SACK in use");
+    h.ep.check_invariants();
+}
+
+#[test]
+fn forged_or_stale_cookie_acks_get_rst_and_no_state() {
+    let cfg = Config {
+        syn_backlog: 1,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.peer.local_port = 10000;
+    h.send_raw(1, TcpFlags::SYN, &[], Harness::syn_options(true));
+    h.tx();
+    // Backlog full: this SYN gets a cookie.
+    h.peer.local_port = 20000;
+    h.send_raw(5000, TcpFlags::SYN, &[], Harness::syn_options(true));
+    let sa = h.tx().remove(0);
+    let cookie = sa.pkt.tcp.seq;
+    // A forged ACK (wrong number): RST, nothing created.
+    h.rcv_nxt = cookie.wrapping_add(2);
+    let o = h.ts_opts();
+    h.send_raw(5001, TcpFlags::ACK, &[], o);
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert!(t[0].flags().rst());
+    assert_eq!(h.ep.stats().syn_cookies_failed, 1);
+    // The right number, but after the cookie expired (two 64 s periods): RST too.
+    for _ in 0..10 {
+        h.advance(Duration::from_secs(20));
+        h.tx();
+    }
+    h.rcv_nxt = cookie.wrapping_add(1);
+    let o = h.ts_opts();
+    h.send_raw(5001, TcpFlags::ACK, &[], o);
+    assert!(h.tx()[0].flags().rst());
+    assert_eq!(h.ep.stats().syn_cookies_failed, 2);
+    assert_eq!(h.ep.stats().syn_cookies_ok, 0);
+    assert_eq!(
+        h.ep.connection_count(),
+        0,
+        "the first embryo timed out; nothing else"
+    );
 }

@@ -79,10 +79,20 @@ pub struct EndpointStats {
     pub rst_sent: u64,
     pub syns: u64,
     pub syn_backlog_drops: u64,
+    /// SYN-ACKs sent with a cookie (SYN backlog full).
+    pub syn_cookies_sent: u64,
+    /// Connections created from a valid cookie ACK.
+    pub syn_cookies_ok: u64,
+    /// ACKs to a listener that carried no valid cookie (answered with RST).
+    pub syn_cookies_failed: u64,
     pub conn_limit_drops: u64,
     pub established: u64,
     pub closed: u64,
 }
+
+/// The MSS values a SYN cookie can carry (as Linux's `msstab`).
+const COOKIE_MSS: [u16; 4] = [536, 1300, 1440, 1460];
+const COOKIE_HASH_MASK: u32 = (1 << 19) - 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -296,8 +306,7 @@ impl Endpoint {
             }
             self.reap(idx);
         }
-        self.on_listen(p, now);
-        FrameDisposition::Free
+        self.on_listen(p, frame, truesize, now)
     }
 
     fn dispatch(
@@ -426,32 +435,60 @@ impl Endpoint {
         self.stats.closed += 1;
     }
 
-    fn on_listen(&mut self, p: &Packet, now: Instant) {
+    fn on_listen(
+        &mut self,
+        p: &Packet,
+        frame: FrameId,
+        truesize: u32,
+        now: Instant,
+    ) -> FrameDisposition {
         let f = p.tcp.flags;
         let Some(l) = self.listeners.get(&p.tcp.dst_port) else {
             self.stats.no_listener += 1;
             self.reset_for(p);
-            return;
+            return FrameDisposition::Free;
         };
         if f.rst() {
-            return;
+            return FrameDisposition::Free;
         }
         if f.ack() {
+            if self.cfg.syn_cookies && !f.syn() {
+                return self.cookie_ack(p, frame, truesize, now);
+            }
             self.reset_for(p);
-            return;
+            return FrameDisposition::Free;
         }
         if !f.syn() || f.fin() {
-            return;
+            return FrameDisposition::Free;
         }
         self.stats.syns += 1;
-        if l.embryonic >= self.cfg.syn_backlog {
-            self.stats.syn_backlog_drops += 1;
-            return;
-        }
         if self.live >= self.cfg.max_connections {
             self.stats.conn_limit_drops += 1;
-            return;
+            return FrameDisposition::Free;
         }
+        if l.embryonic >= self.cfg.syn_backlog {
+            if self.cfg.syn_cookies {
+                self.cookie_synack(p, now);
+            } else {
+                self.stats.syn_backlog_drops += 1;
+            }
+            return FrameDisposition::Free;
+        }
+        let iss = self.isn(p, now);
+        let mut tx = std::mem::take(&mut self.tx);
+        self.open_embryonic(p, iss, now, &mut tx);
+        self.tx = tx;
+        FrameDisposition::Free
+    }
+
+    /// A new SYN-RECEIVED connection for `syn` (its SYN-ACK goes to `tx`).
+    fn open_embryonic(
+        &mut self,
+        syn: &Packet,
+        iss: u32,
+        now: Instant,
+        tx: &mut VecDeque<TxFrame>,
+    ) -> u32 {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -467,19 +504,109 @@ impl Endpoint {
             idx,
             gen: self.slots[idx as usize].gen,
         };
-        let iss = self.isn(p, now);
+        let mut io = Io {
+            cfg: &self.cfg,
+            tx,
+            released: &mut self.released,
+        };
+        let c = Conn::from_syn(id, syn, iss, now, &mut io);
+        self.slots[idx as usize].conn = Some(Box::new(c));
+        self.live += 1;
+        self.map.insert(FlowKey::of(syn), idx);
+        if let Some(l) = self.listeners.get_mut(&syn.tcp.dst_port) {
+            l.embryonic += 1;
+        }
+        idx
+    }
+
+    // ----- SYN cookies -----
+    //
+    // The cookie is our initial sequence number: bits 31-27 a 64-second counter (mod 32),
+    // 26-25 an index into COOKIE_MSS (the largest entry not above the peer's MSS), 24 the
+    // peer offered window scaling, 23-20 its shift, 19 it offered SACK, 18-0 a keyed hash of
+    // the 4-tuple, the peer's ISN, the counter and bits 31-19. Timestamps need no bit: the
+    // peer sends them on the ACK only if both sides agreed. A cookie is accepted for two
+    // counter periods (64-128 s). An attacker guesses the 19-bit hash with probability 2^-19
+    // per forged ACK, and must also know the peer's ISN.
+
+    fn cookie_counter(now: Instant) -> u32 {
+        (now.as_nanos() / 64_000_000_000) as u32
+    }
+
+    fn cookie_hash(&self, p: &Packet, peer_isn: u32, counter: u32, bits: u32) -> u32 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.cfg.isn_secret.hash(&mut h);
+        0x636f_6f6b_6965u64.hash(&mut h);
+        FlowKey::of(p).hash(&mut h);
+        (peer_isn, counter, bits).hash(&mut h);
+        (h.finish() as u32) & COOKIE_HASH_MASK
+    }
+
+    fn cookie_synack(&mut self, syn: &Packet, now: Instant) {
+        let o = &syn.tcp.options;
+        let peer_mss = o.mss.unwrap_or(536);
+        let mss_idx = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
+        let counter = Self::cookie_counter(now) & 0x1f;
+        let mut bits = (counter << 27) | (mss_idx << 25);
+        if let Some(ws) = o.window_scale {
+            bits |= 1 << 24 | (u32::from(ws.min(14)) << 20);
+        }
+        if o.sack_permitted {
+            bits |= 1 << 19;
+        }
+        let cookie = bits | self.cookie_hash(syn, syn.tcp.seq, counter, bits);
+        // Build the SYN-ACK exactly as a SYN-RECEIVED connection would, then keep nothing.
         let mut io = Io {
             cfg: &self.cfg,
             tx: &mut self.tx,
             released: &mut self.released,
         };
-        let c = Conn::from_syn(id, p, iss, now, &mut io);
-        self.slots[idx as usize].conn = Some(Box::new(c));
-        self.live += 1;
-        self.map.insert(FlowKey::of(p), idx);
-        if let Some(l) = self.listeners.get_mut(&p.tcp.dst_port) {
-            l.embryonic += 1;
+        let _ = Conn::from_syn(ConnId { idx: 0, gen: 0 }, syn, cookie, now, &mut io);
+        self.stats.syn_cookies_sent += 1;
+    }
+
+    /// An ACK to a listener for no known connection: a valid cookie creates the connection
+    /// (as if its SYN had been kept) and the ACK is processed by it; anything else gets RST.
+    fn cookie_ack(
+        &mut self,
+        p: &Packet,
+        frame: FrameId,
+        truesize: u32,
+        now: Instant,
+    ) -> FrameDisposition {
+        let cookie = p.tcp.ack.wrapping_sub(1);
+        let peer_isn = p.tcp.seq.wrapping_sub(1);
+        let bits = cookie & !COOKIE_HASH_MASK;
+        let counter = bits >> 27;
+        let cur = Self::cookie_counter(now);
+        let fresh = [cur, cur.wrapping_sub(1)]
+            .iter()
+            .any(|&c| c & 0x1f == counter);
+        if !fresh || cookie & COOKIE_HASH_MASK != self.cookie_hash(p, peer_isn, counter, bits) {
+            self.stats.syn_cookies_failed += 1;
+            self.reset_for(p);
+            return FrameDisposition::Free;
         }
+        // The SYN as it was, rebuilt from the cookie and the ACK.
+        let mut syn = *p;
+        syn.tcp.flags = TcpFlags(TcpFlags::SYN);
+        syn.tcp.seq = peer_isn;
+        syn.tcp.ack = 0;
+        syn.payload_len = 0;
+        let mut o = crate::wire::tcp::TcpOptions {
+            mss: Some(COOKIE_MSS[((bits >> 25) & 3) as usize]),
+            sack_permitted: bits & (1 << 19) != 0,
+            timestamps: p.tcp.options.timestamps.map(|(val, _)| (val, 0)),
+            ..Default::default()
+        };
+        if bits & (1 << 24) != 0 {
+            o.window_scale = Some(((bits >> 20) & 0xf) as u8);
+        }
+        syn.tcp.options = o;
+        let mut scratch = VecDeque::new();
+        let idx = self.open_embryonic(&syn, cookie, now, &mut scratch);
+        self.stats.syn_cookies_ok += 1;
+        self.dispatch(idx, p, frame, truesize, now)
     }
 
     /// RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.

@@ -126,6 +126,11 @@ pub struct Config {
     pub challenge_ack_limit: u32,
     /// Secret for initial sequence numbers (RFC 6528); set it randomly in production.
     pub isn_secret: u64,
+    /// SYN cookies (RFC 4987, as Linux `tcp_syncookies = 1`): when a listener's SYN backlog
+    /// is full, a SYN is answered with a SYN-ACK whose sequence number encodes the connection
+    /// (see [`Endpoint`]'s cookie notes) and no state is kept; a valid returning ACK creates
+    /// the connection. A SYN flood then cannot lock real clients out.
+    pub syn_cookies: bool,
     /// Batch-level ACKs, as Linux acknowledges one GRO aggregate per NAPI poll: in-order data
     /// that would be acknowledged at once (two full segments unacknowledged) is acknowledged by
     /// one cumulative ACK per connection at the end of the batch ([`Endpoint::flush`]), unless
@@ -166,6 +171,7 @@ impl Default for Config {
             comp_sack_delay: Duration::from_millis(1),
             challenge_ack_limit: 10,
             isn_secret: 0x6e65_7472_7820_6973,
+            syn_cookies: true,
             batch_acks: true,
             ack_stretch: 64 << 10,
         }
