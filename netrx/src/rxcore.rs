@@ -75,6 +75,11 @@ pub enum AppRequest<B> {
     Close {
         sid: u32,
     },
+    /// Close with RST: the application could not keep the data (its sink failed), so the
+    /// sender must see an error, never a clean close.
+    Abort {
+        sid: u32,
+    },
 }
 
 /// How a receive ended.
@@ -287,24 +292,32 @@ impl<E: CopyEngine, B> RxCore<E, B> {
                     let _ = self.ep.set_rcvbuf(now, st.conn, b);
                 }
             }
-            AppRequest::Close { sid } => {
-                let Some(st) = self.streams.get_mut(&sid) else {
-                    return;
-                };
-                st.app_closed = true;
-                let conn = st.conn;
-                let waiting = st.posted.is_some();
-                self.by_conn.remove(&conn);
-                let _ = self.copier.close_stream(StreamId(sid));
-                let _ = self.ep.close(now, conn);
-                if !waiting {
-                    self.streams.remove(&sid);
-                }
-                // Otherwise the stream leaves the table with its receive's RecvDone, which
-                // the copier reports only after every copy into the buffer completed.
-                self.copy_events();
-            }
+            AppRequest::Close { sid } => self.close(now, sid, false),
+            AppRequest::Abort { sid } => self.close(now, sid, true),
         }
+    }
+
+    /// The application closes stream `sid` (FIN, or RST when `abort`).
+    fn close(&mut self, now: Instant, sid: u32, abort: bool) {
+        let Some(st) = self.streams.get_mut(&sid) else {
+            return;
+        };
+        st.app_closed = true;
+        let conn = st.conn;
+        let waiting = st.posted.is_some();
+        self.by_conn.remove(&conn);
+        let _ = self.copier.close_stream(StreamId(sid));
+        let _ = if abort {
+            self.ep.abort(conn)
+        } else {
+            self.ep.close(now, conn)
+        };
+        if !waiting {
+            self.streams.remove(&sid);
+        }
+        // Otherwise the stream leaves the table with its receive's RecvDone, which the copier
+        // reports only after every copy into the buffer completed.
+        self.copy_events();
     }
 
     /// Runs everything due: timers, endpoint events (accept, data, FIN, errors, released

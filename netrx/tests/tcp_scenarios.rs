@@ -1181,3 +1181,24 @@ fn forged_or_stale_cookie_acks_get_rst_and_no_state() {
         "the first embryo timed out; nothing else"
     );
 }
+
+#[test]
+fn abort_after_reading_everything_is_a_reset_not_a_fin() {
+    let mut h = Harness::new(Config::default());
+    h.handshake(true);
+    let data = pattern(3000, 4);
+    h.send_data(0, &data[..1448], false);
+    h.send_data(1448, &data[1448..], true);
+    h.read_all();
+    h.tx();
+    h.ep.abort(h.id()).unwrap();
+    let t = h.tx();
+    assert_eq!(t.len(), 1);
+    assert!(t[0].flags().rst() && !t[0].flags().fin());
+    assert_eq!(
+        h.ep.connection_count(),
+        0,
+        "nothing left once every piece is back"
+    );
+    assert!(h.frames.is_empty());
+}

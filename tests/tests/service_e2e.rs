@@ -429,6 +429,66 @@ fn service_e2e_reset_is_connection_reset() {
     assert_eq!(listener.buffers().available(), 1);
 }
 
+/// A receiver that cannot keep the data aborts: the kernel sender sees a reset, never a clean
+/// close.
+#[test]
+fn service_e2e_abort_is_a_reset_at_the_sender() {
+    if !netns::require_root_or_skip("service_e2e_abort_is_a_reset_at_the_sender") {
+        return;
+    }
+    let t = TwoHost::new(&LinkOpts {
+        sender_tx_csum_off: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology");
+    let cfg = model_config(&t, PolicyKind::Cpu, 1, 1 << 20);
+    let listener = t.receiver.run(move || Listener::bind(cfg)).expect("bind");
+    let sender = t
+        .sender
+        .spawn_thread(move || {
+            let mut s = connect_receiver();
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // Keep writing until the receiver's RST stops us (bounded: 64 MiB at most).
+            let chunk = [5u8; 64 << 10];
+            for _ in 0..1024 {
+                if let Err(e) = s.write_all(&chunk) {
+                    return e.kind();
+                }
+            }
+            let mut b = [0u8; 16];
+            match s.read(&mut b) {
+                Ok(0) => std::io::ErrorKind::UnexpectedEof,
+                Ok(_) => std::io::ErrorKind::InvalidData,
+                Err(e) => e.kind(),
+            }
+        })
+        .unwrap();
+    let mut st = listener
+        .accept_timeout(Duration::from_secs(10))
+        .expect("accept");
+    let mut buf = [0u8; 4096];
+    let n = st.recv(&mut buf).expect("some data");
+    assert!(n > 0);
+    st.abort();
+    let kind = sender.join().unwrap();
+    assert!(
+        matches!(
+            kind,
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "the sender saw {kind:?}, not a reset"
+    );
+    let stats = listener.shutdown();
+    for q in &stats.queues {
+        assert_eq!(
+            q.exit_check,
+            Some(Ok(())),
+            "every frame back after the abort"
+        );
+    }
+}
+
 /// Eight kernel senders over a 4-queue veth: four pollers, each with its own model channel,
 /// every stream intact.
 #[test]

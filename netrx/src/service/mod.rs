@@ -314,6 +314,9 @@ pub(crate) enum Request {
     Close {
         sid: u32,
     },
+    Abort {
+        sid: u32,
+    },
 }
 
 pub(crate) enum Status {
@@ -511,6 +514,7 @@ pub struct Stream {
     low_latency: bool,
     nonblocking: bool,
     bytes: u64,
+    aborted: bool,
 }
 
 impl fmt::Debug for Stream {
@@ -538,6 +542,7 @@ impl Stream {
             low_latency: p.low_latency,
             nonblocking: false,
             bytes: 0,
+            aborted: false,
         }
     }
 
@@ -620,6 +625,13 @@ impl Stream {
         }
     }
 
+    /// Closes the connection with RST instead of FIN (like `SO_LINGER` 0): for a receiver that
+    /// could not keep what it was sent (a full disk, an I/O error), so the sender sees
+    /// "connection reset" rather than a clean close.
+    pub fn abort(mut self) {
+        self.aborted = true;
+    }
+
     /// SO_RCVLOWAT for the following receives (0 counts as 1).
     pub fn set_rcvlowat(&mut self, bytes: usize) {
         self.rcvlowat = bytes.max(1);
@@ -680,7 +692,12 @@ impl io::Read for Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        let _ = send(&self.q.waker, &self.tx, Request::Close { sid: self.sid });
+        let r = if self.aborted {
+            Request::Abort { sid: self.sid }
+        } else {
+            Request::Close { sid: self.sid }
+        };
+        let _ = send(&self.q.waker, &self.tx, r);
     }
 }
 

@@ -337,6 +337,10 @@ impl ServiceQueue {
                 self.chans.remove(&sid);
                 AppRequest::Close { sid }
             }
+            Request::Abort { sid } => {
+                self.chans.remove(&sid);
+                AppRequest::Abort { sid }
+            }
         };
         self.core.handle_app(now, r);
     }

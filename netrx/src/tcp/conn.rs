@@ -1129,6 +1129,19 @@ impl Conn {
         }
     }
 
+    /// The application aborts the connection (its data cannot be kept, e.g. the sink failed):
+    /// RST whatever was read, so the sender sees an error instead of a clean close.
+    pub fn abort(&mut self, io: &mut Io) {
+        self.app_closed = true;
+        if matches!(self.state, State::Closed | State::TimeWait) {
+            return;
+        }
+        self.send_rst(io);
+        self.discard_queues(io.released);
+        self.enter_closed(io, None);
+        self.stats.aborted_by_app += 1;
+    }
+
     /// Changes the receive buffer (the window never shrinks below what was advertised).
     pub fn set_rcvbuf(&mut self, bytes: u32, now: Instant, io: &mut Io) {
         self.rcvbuf = bytes.max(4096);

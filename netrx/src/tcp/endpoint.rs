@@ -794,6 +794,17 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The application aborts the connection: RST, queued data dropped (its frames released),
+    /// so the peer sees an error rather than a clean close. The handle stays valid until every
+    /// piece is released, as with [`Endpoint::close`].
+    pub fn abort(&mut self, id: ConnId) -> Result<(), TcpError> {
+        let idx = id.idx;
+        self.with_conn(id, |c, io| c.abort(io))?;
+        self.unmap(idx);
+        self.reap(idx);
+        Ok(())
+    }
+
     /// Sets a connection's receive buffer.
     pub fn set_rcvbuf(&mut self, now: Instant, id: ConnId, bytes: u32) -> Result<(), TcpError> {
         self.with_conn(id, |c, io| c.set_rcvbuf(bytes, now, io))

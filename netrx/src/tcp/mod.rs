@@ -216,6 +216,8 @@ pub struct ConnStats {
     pub accept_queue_drops: u64,
     pub data_after_close: u64,
     pub aborted_unread: u64,
+    /// Connections the application aborted (RST) with `Endpoint::abort`.
+    pub aborted_by_app: u64,
 }
 
 /// What the copy engine and the application need to know about one connection.
