@@ -12,6 +12,12 @@
 //! progress for `completion_timeout` is declared hung: its operations fail with
 //! [`OpError::Timeout`] and it is reset and restarted the same way.
 //!
+//! Caller context: a `Channel<R, T>` keeps one caller-chosen value of type `T` per operation
+//! in its ring (the `*_with` submit calls) and hands it back in that operation's
+//! [`Completion`], whatever the outcome: success, halt, abort, timeout or reset. The caller
+//! needs no token-to-request table. `T` defaults to `()`, for which the plain `copy`,
+//! `copy_regions`, `fill` and `fill_region` calls exist.
+//!
 //! ```
 //! use ioat_driver::model::{ModelConfig, ModelDevice, Preset};
 //! use ioat_driver::{ChannelConfig, Device, DmaRegion};
@@ -118,10 +124,12 @@ impl ChannelConfig {
     }
 }
 
-/// A finished operation: its token and outcome.
+/// A finished operation: its token, the context the caller attached to it and its outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
+pub struct Completion<T = ()> {
     pub token: Token,
+    /// The value given to the `*_with` submit call (`()` for the plain calls).
+    pub ctx: T,
     pub result: Result<(), OpError>,
 }
 
@@ -191,9 +199,26 @@ struct Pins {
     _dst: Option<RegionPin>,
 }
 
+/// What the ring keeps for one operation: the caller's context (`None` only for internal
+/// null and fence descriptors, which have no token either) and the region pins.
+#[derive(Debug)]
+struct OpData<T> {
+    ctx: Option<T>,
+    pins: Pins,
+}
+
+impl<T> OpData<T> {
+    fn internal() -> Self {
+        OpData {
+            ctx: None,
+            pins: Pins::default(),
+        }
+    }
+}
+
 /// One open DMA channel. Not shareable between threads (`&mut self` everywhere); one poller
-/// owns it.
-pub struct Channel<R: RegisterAccess> {
+/// owns it. `T` is the caller's per-operation context, handed back in each [`Completion`].
+pub struct Channel<R: RegisterAccess, T = ()> {
     dev: Arc<DeviceShared<R>>,
     n: u32,
     base: u32,
@@ -203,15 +228,16 @@ pub struct Channel<R: RegisterAccess> {
     /// Ring descriptors at offset 0, the completion word after them.
     mem: DmaRegion,
     compl_off: usize,
-    ring: Ring<Pins>,
+    ring: Ring<OpData<T>>,
     last_word: u64,
     stall_since: Option<Instant>,
     last_status_check: Option<Instant>,
-    down: Option<String>,
+    /// Why the channel is out of service: the error and its message.
+    down: Option<(Error, String)>,
     stats: ChannelStats,
 }
 
-impl<R: RegisterAccess> std::fmt::Debug for Channel<R> {
+impl<R: RegisterAccess, T> std::fmt::Debug for Channel<R, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
             .field("n", &self.n)
@@ -234,7 +260,7 @@ fn spin_wait(iter: &mut u32) {
     }
 }
 
-impl<R: RegisterAccess> Channel<R> {
+impl<R: RegisterAccess, T> Channel<R, T> {
     pub(crate) fn new(
         dev: Arc<DeviceShared<R>>,
         n: u32,
@@ -331,9 +357,10 @@ impl<R: RegisterAccess> Channel<R> {
         self.ring.size() - 1
     }
 
-    /// Operations submitted and not yet reported by [`Channel::poll`] (flushed or not).
+    /// Operations submitted and not yet reported by [`Channel::poll`] (flushed or not). The
+    /// channel's own null and fence descriptors are not counted.
     pub fn in_flight(&self) -> u32 {
-        self.ring.ops()
+        self.ring.token_ops()
     }
 
     /// Descriptors written but not yet announced with [`Channel::flush`].
@@ -348,14 +375,20 @@ impl<R: RegisterAccess> Channel<R> {
 
     /// `Some(reason)` if the channel is out of service after a failed recovery.
     pub fn down_reason(&self) -> Option<&str> {
-        self.down.as_deref()
+        self.down.as_ref().map(|(_, r)| r.as_str())
+    }
+
+    /// `Some(error)` if the channel is out of service: the error of the failed recovery.
+    pub fn down_error(&self) -> Option<&Error> {
+        self.down.as_ref().map(|(e, _)| e)
     }
 
     fn check_up(&self) -> Result<(), SubmitError> {
         match &self.down {
-            Some(r) => Err(SubmitError::ChannelDown {
+            Some((e, r)) => Err(SubmitError::ChannelDown {
                 chan: self.n,
                 reason: r.clone(),
+                cause: e.clone(),
             }),
             None => Ok(()),
         }
@@ -417,11 +450,18 @@ impl<R: RegisterAccess> Channel<R> {
         dst: u64,
         len: u64,
         pins: Pins,
+        ctx: T,
     ) -> Result<Token, SubmitError> {
         let pieces = self.pieces(len)?;
         let (first, token) = self
             .ring
-            .push_op(pieces, pins)
+            .push_op(
+                pieces,
+                OpData {
+                    ctx: Some(ctx),
+                    pins,
+                },
+            )
             .map_err(|RingFull { needed, free }| SubmitError::RingFull { needed, free })?;
         let mut off = 0u64;
         for i in 0..pieces {
@@ -458,26 +498,34 @@ impl<R: RegisterAccess> Channel<R> {
     }
 
     /// Queues a copy of `len` bytes from IOVA `src` to IOVA `dst` (split at XFERCAP, the
-    /// completion write on the last piece only). Not started until [`Channel::flush`].
+    /// completion write on the last piece only). Not started until [`Channel::flush`]. `ctx`
+    /// comes back in the operation's [`Completion`].
     ///
     /// Both ranges must stay mapped until the token is reported by [`Channel::poll`]; use
-    /// [`Channel::copy_regions`] to have the channel hold the regions for you.
-    pub fn copy(&mut self, src: u64, dst: u64, len: u64) -> Result<Token, SubmitError> {
+    /// [`Channel::copy_regions_with`] to have the channel hold the regions for you.
+    pub fn copy_with(
+        &mut self,
+        src: u64,
+        dst: u64,
+        len: u64,
+        ctx: T,
+    ) -> Result<Token, SubmitError> {
         self.check_up()?;
         self.check_addr(src, len)?;
         self.check_addr(dst, len)?;
-        self.submit(false, src, dst, len, Pins::default())
+        self.submit(false, src, dst, len, Pins::default(), ctx)
     }
 
     /// Queues a copy between two mapped regions; both stay pinned (cannot be unmapped) until
-    /// the operation is reported.
-    pub fn copy_regions(
+    /// the operation is reported. `ctx` comes back in the operation's [`Completion`].
+    pub fn copy_regions_with(
         &mut self,
         src: &DmaRegion,
         src_off: usize,
         dst: &DmaRegion,
         dst_off: usize,
         len: usize,
+        ctx: T,
     ) -> Result<Token, SubmitError> {
         self.check_up()?;
         let s = region_iova(src, src_off, len)?;
@@ -488,28 +536,36 @@ impl<R: RegisterAccess> Channel<R> {
             _src: Some(src.pin()),
             _dst: Some(dst.pin()),
         };
-        self.submit(false, s, d, len as u64, pins)
+        self.submit(false, s, d, len as u64, pins, ctx)
     }
 
     /// Queues a block fill of `len` bytes at IOVA `dst` with the 64-bit `pattern` (byte `i` of
     /// the destination gets byte `i % 8` of the pattern in little-endian order). Needs
-    /// DMACAPABILITY.FILL_BLOCK.
-    pub fn fill(&mut self, dst: u64, pattern: u64, len: u64) -> Result<Token, SubmitError> {
+    /// DMACAPABILITY.FILL_BLOCK. `ctx` comes back in the operation's [`Completion`].
+    pub fn fill_with(
+        &mut self,
+        dst: u64,
+        pattern: u64,
+        len: u64,
+        ctx: T,
+    ) -> Result<Token, SubmitError> {
         self.check_up()?;
         if !self.info.has_fill() {
             return Err(SubmitError::FillUnsupported);
         }
         self.check_addr(dst, len)?;
-        self.submit(true, pattern, dst, len, Pins::default())
+        self.submit(true, pattern, dst, len, Pins::default(), ctx)
     }
 
-    /// Queues a fill into a mapped region, pinned until reported.
-    pub fn fill_region(
+    /// Queues a fill into a mapped region, pinned until reported. `ctx` comes back in the
+    /// operation's [`Completion`].
+    pub fn fill_region_with(
         &mut self,
         dst: &DmaRegion,
         dst_off: usize,
         pattern: u64,
         len: usize,
+        ctx: T,
     ) -> Result<Token, SubmitError> {
         self.check_up()?;
         if !self.info.has_fill() {
@@ -521,7 +577,7 @@ impl<R: RegisterAccess> Channel<R> {
             _src: None,
             _dst: Some(dst.pin()),
         };
-        self.submit(true, pattern, d, len as u64, pins)
+        self.submit(true, pattern, d, len as u64, pins, ctx)
     }
 
     /// Orders everything queued so far before everything queued later: the device finishes
@@ -544,7 +600,7 @@ impl<R: RegisterAccess> Channel<R> {
     }
 
     fn push_null(&mut self, ctl: Ctl) -> Result<(), RingFull> {
-        let pos = self.ring.push_internal(1, Pins::default())?;
+        let pos = self.ring.push_internal(1, OpData::internal())?;
         self.write_desc(pos, HwDescriptor::null(ctl));
         self.stats.descriptors += 1;
         Ok(())
@@ -574,31 +630,36 @@ impl<R: RegisterAccess> Channel<R> {
         self.mem.read_u64_volatile(self.compl_off).unwrap_or(0)
     }
 
+    /// Reports one operation with its context; internal descriptors (no token, no context)
+    /// report nothing. The region pins are released when `op` drops, after the report.
     fn report(
-        out: &mut Vec<Completion>,
+        out: &mut Vec<Completion<T>>,
         stats: &mut ChannelStats,
         token: Option<Token>,
+        ctx: Option<T>,
         r: Result<(), OpError>,
     ) -> u32 {
-        match token {
-            Some(token) => {
-                if r.is_ok() {
-                    stats.completed += 1;
-                } else {
-                    stats.failed += 1;
-                }
-                out.push(Completion { token, result: r });
-                1
-            }
-            None => 0,
+        let (Some(token), Some(ctx)) = (token, ctx) else {
+            return 0;
+        };
+        if r.is_ok() {
+            stats.completed += 1;
+        } else {
+            stats.failed += 1;
         }
+        out.push(Completion {
+            token,
+            ctx,
+            result: r,
+        });
+        1
     }
 
-    fn reap_to(&mut self, pos: u32, out: &mut Vec<Completion>) -> u32 {
+    fn reap_to(&mut self, pos: u32, out: &mut Vec<Completion<T>>) -> u32 {
         let stats = &mut self.stats;
         let mut n = 0;
-        self.ring.reap_through(pos, |op| {
-            n += Self::report(out, stats, op.token, Ok(()));
+        self.ring.reap_through(pos, |mut op| {
+            n += Self::report(out, stats, op.token, op.payload.ctx.take(), Ok(()));
         });
         n
     }
@@ -607,7 +668,7 @@ impl<R: RegisterAccess> Channel<R> {
     /// added. Reads the completion word only; on a halt (in the word, or in CHANSTS when the
     /// word shows no progress for `status_check_interval`) or a hang (no progress for
     /// `completion_timeout`) it fails the affected operations and restarts the channel.
-    pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+    pub fn poll(&mut self, out: &mut Vec<Completion<T>>) -> usize {
         if self.down.is_some() {
             return 0;
         }
@@ -658,7 +719,7 @@ impl<R: RegisterAccess> Channel<R> {
     }
 
     /// The channel halted: the first unreaped operation failed, the rest are aborted.
-    fn recover_from_halt(&mut self, out: &mut Vec<Completion>) -> u32 {
+    fn recover_from_halt(&mut self, out: &mut Vec<Completion<T>>) -> u32 {
         let err = ChanErr(self.regs().read32(self.base + chan::CHANERR));
         let desc_iova = self.ring.desc_iova(self.ring.tail());
         self.stats.halts += 1;
@@ -679,7 +740,7 @@ impl<R: RegisterAccess> Channel<R> {
     }
 
     /// No progress for `completion_timeout`: every operation fails with a timeout.
-    fn recover_from_hang(&mut self, waited: Duration, out: &mut Vec<Completion>) -> u32 {
+    fn recover_from_hang(&mut self, waited: Duration, out: &mut Vec<Completion<T>>) -> u32 {
         let sts = self.regs().read64(self.base + chan::CHANSTS);
         let state = ChanState::from_bits(sts);
         self.stats.timeouts += 1;
@@ -698,18 +759,22 @@ impl<R: RegisterAccess> Channel<R> {
     /// released: the device might still access those buffers, so they must stay mapped.
     fn drain_report(
         &mut self,
-        out: &mut Vec<Completion>,
+        out: &mut Vec<Completion<T>>,
         stopped: bool,
         mk: impl Fn(bool) -> OpError,
     ) -> u32 {
         let stats = &mut self.stats;
         let mut n = 0;
         self.ring.drain(|op, first| {
-            let OpEntry { token, payload, .. } = op;
+            let OpEntry {
+                token,
+                payload: OpData { ctx, pins },
+                ..
+            } = op;
             if !stopped {
-                std::mem::forget(payload);
+                std::mem::forget(pins);
             }
-            n += Self::report(out, stats, token, Err(mk(first)));
+            n += Self::report(out, stats, token, ctx, Err(mk(first)));
         });
         n
     }
@@ -718,7 +783,8 @@ impl<R: RegisterAccess> Channel<R> {
         let r = reset.and_then(|()| self.start());
         if let Err(e) = r {
             tracing::error!(chan = self.n, error = %e, "channel restart failed; channel is down");
-            self.down = Some(e.to_string());
+            let reason = e.to_string();
+            self.down = Some((e, reason));
         }
     }
 
@@ -727,7 +793,7 @@ impl<R: RegisterAccess> Channel<R> {
     /// CHANCMD.RESET, expect HALTED), CHANCTRL, CHANCMP, CHAINADDR at the next free slot and a
     /// null descriptor that must complete. Brings a channel that is down back into service.
     /// If the reset fails, nothing is reported and the operations stay queued.
-    pub fn restart(&mut self, out: &mut Vec<Completion>) -> Result<(), Error> {
+    pub fn restart(&mut self, out: &mut Vec<Completion<T>>) -> Result<(), Error> {
         self.reset()?;
         self.drain_report(out, true, |_| OpError::Reset);
         self.start()?;
@@ -860,7 +926,11 @@ impl<R: RegisterAccess> Channel<R> {
     /// Flushes, then polls until nothing is in flight (collecting into `out`) or `timeout`
     /// passes. A hung channel is detected by `completion_timeout` inside [`Channel::poll`], so
     /// with `timeout` above it this returns `Ok` with the failures in `out`.
-    pub fn wait_idle(&mut self, timeout: Duration, out: &mut Vec<Completion>) -> Result<(), Error> {
+    pub fn wait_idle(
+        &mut self,
+        timeout: Duration,
+        out: &mut Vec<Completion<T>>,
+    ) -> Result<(), Error> {
         self.flush();
         let t0 = Instant::now();
         let mut it = 0;
@@ -878,9 +948,10 @@ impl<R: RegisterAccess> Channel<R> {
             spin_wait(&mut it);
         }
         match &self.down {
-            Some(r) => Err(Error::ChannelDown {
+            Some((e, r)) => Err(Error::ChannelDown {
                 chan: self.n,
                 reason: r.clone(),
+                cause: Box::new(e.clone()),
             }),
             None => Ok(()),
         }
@@ -903,9 +974,45 @@ impl<R: RegisterAccess> Channel<R> {
     }
 }
 
+/// The plain submit calls, for channels whose operations carry no context.
+impl<R: RegisterAccess> Channel<R, ()> {
+    /// [`Channel::copy_with`] without a context.
+    pub fn copy(&mut self, src: u64, dst: u64, len: u64) -> Result<Token, SubmitError> {
+        self.copy_with(src, dst, len, ())
+    }
+
+    /// [`Channel::copy_regions_with`] without a context.
+    pub fn copy_regions(
+        &mut self,
+        src: &DmaRegion,
+        src_off: usize,
+        dst: &DmaRegion,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<Token, SubmitError> {
+        self.copy_regions_with(src, src_off, dst, dst_off, len, ())
+    }
+
+    /// [`Channel::fill_with`] without a context.
+    pub fn fill(&mut self, dst: u64, pattern: u64, len: u64) -> Result<Token, SubmitError> {
+        self.fill_with(dst, pattern, len, ())
+    }
+
+    /// [`Channel::fill_region_with`] without a context.
+    pub fn fill_region(
+        &mut self,
+        dst: &DmaRegion,
+        dst_off: usize,
+        pattern: u64,
+        len: usize,
+    ) -> Result<Token, SubmitError> {
+        self.fill_region_with(dst, dst_off, pattern, len, ())
+    }
+}
+
 /// Whether a reset result shows the device stopped (RESET cleared and the channel HALTED).
 fn reset_stopped(r: &Result<(), Error>) -> bool {
-    matches!(r, Ok(()) | Err(Error::ErrorAfterReset { .. }))
+    !matches!(r, Err(e) if e.device_may_be_running())
 }
 
 /// Writes a 64-bit register as two 32-bit halves, low first, whatever the access type's own
@@ -927,7 +1034,7 @@ fn region_iova(r: &DmaRegion, off: usize, len: usize) -> Result<u64, SubmitError
     }
 }
 
-impl<R: RegisterAccess> Drop for Channel<R> {
+impl<R: RegisterAccess, T> Drop for Channel<R, T> {
     fn drop(&mut self) {
         // Stop the device before the ring memory and the pins go away.
         let stopped = self.reset().is_ok();

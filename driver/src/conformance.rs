@@ -1,6 +1,7 @@
 //! Conformance checks: the driver's functional test bodies, generic over the register access
 //! so the same code runs against the device model (`driver/tests/`) and real hardware
-//! (`tests/tests/hil.rs`, with `IOAT_HIL_BDF`).
+//! (`tests/tests/hil.rs`, with `IOAT_HIL_BDF`). Test-only: compiled with the `testing` feature,
+//! which the tests that use it enable.
 //!
 //! Every check returns `Err(Failure)` with a readable reason instead of panicking, so callers
 //! can add context (which target, which seed). Data is verified byte by byte, against a

@@ -181,8 +181,20 @@ impl<R: RegisterAccess> Device<R> {
     }
 
     /// Opens channel `n`: allocates its ring and completion word, resets it, programs it and
-    /// starts it with a null descriptor. One `Channel` per channel number at a time.
+    /// starts it with a null descriptor. One `Channel` per channel number at a time. Its
+    /// operations carry no context; see [`Device::channel_with_context`].
     pub fn channel(&self, n: u32, cfg: ChannelConfig) -> Result<Channel<R>, Error> {
+        self.channel_with_context(n, cfg)
+    }
+
+    /// [`Device::channel`] for a channel whose operations each carry a caller-chosen value of
+    /// type `T`, given to the `*_with` submit calls and handed back in that operation's
+    /// completion (see [`Channel::copy_with`]).
+    pub fn channel_with_context<T>(
+        &self,
+        n: u32,
+        cfg: ChannelConfig,
+    ) -> Result<Channel<R, T>, Error> {
         let count = self.shared.info.chancnt;
         if n >= count {
             return Err(Error::NoSuchChannel { n, count });

@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
+use crate::error::OsError;
 use crate::ids::{self, IoatId};
 
 /// The driver name VFIO userspace access needs.
@@ -319,8 +320,14 @@ pub enum PreflightError {
     BadAddress(#[from] BdfParseError),
     #[error("{bdf}: no such PCI device ({path} does not exist); list I/OAT functions with `ioat-ctl list` or `lspci -D -d 8086:`")]
     NoSuchDevice { bdf: Bdf, path: String },
-    #[error("{bdf}: cannot read its sysfs attributes ({msg}); run as root or check that sysfs is mounted at /sys")]
-    Sysfs { bdf: Bdf, msg: String },
+    #[error("{bdf}: cannot read its sysfs attributes ({what}: {source}); run as root or check that sysfs is mounted at /sys")]
+    Sysfs {
+        bdf: Bdf,
+        /// What was being read.
+        what: String,
+        #[source]
+        source: OsError,
+    },
     #[error("{bdf}: vendor {vendor:#06x} device {device:#06x} is not an Intel I/OAT v3.0-3.4 DMA function{hint}; list I/OAT functions with `ioat-ctl list`")]
     NotIoat {
         bdf: Bdf,
@@ -408,10 +415,7 @@ impl Host {
                 path: format!("/sys/bus/pci/devices/{bdf}"),
             });
         }
-        let f = self.function(bdf).map_err(|e| PreflightError::Sysfs {
-            bdf: *bdf,
-            msg: e.to_string(),
-        })?;
+        let f = self.function(bdf).map_err(|e| sysfs_err(bdf, e))?;
         match opts.expect {
             Expect::Ioat => {
                 if f.ioat.is_none() {
@@ -465,7 +469,8 @@ impl Host {
             .group_members(group)
             .map_err(|e| PreflightError::Sysfs {
                 bdf: *bdf,
-                msg: format!("IOMMU group {group}: {e}"),
+                what: format!("members of IOMMU group {group}"),
+                source: e.into(),
             })?;
         let mut offenders = Vec::new();
         for m in members {
@@ -539,13 +544,27 @@ fn accessible_rw(p: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) == 0 }
 }
 
+/// A sysfs read of the function's attributes failed.
+fn sysfs_err(bdf: &Bdf, e: io::Error) -> PreflightError {
+    PreflightError::Sysfs {
+        bdf: *bdf,
+        what: "vendor and device IDs".into(),
+        source: e.into(),
+    }
+}
+
 /// Errors from [`Host::bind`] / [`Host::unbind`].
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum BindError {
     #[error(transparent)]
     Preflight(#[from] PreflightError),
-    #[error("{bdf}: writing {path}: {msg}; binding needs root (try `sudo ioat-ctl ...`)")]
-    Write { bdf: Bdf, path: String, msg: String },
+    #[error("{bdf}: writing {path}: {source}; binding needs root (try `sudo ioat-ctl ...`)")]
+    Write {
+        bdf: Bdf,
+        path: String,
+        #[source]
+        source: OsError,
+    },
     #[error("{bdf}: the kernel did not bind it to vfio-pci (driver now: {now}); check `dmesg | tail` (is the IOMMU on? `intel_iommu=on`)")]
     DidNotBind { bdf: Bdf, now: String },
     #[error("{bdf}: not bound to vfio-pci (driver: {now}); nothing to unbind")]
@@ -572,7 +591,7 @@ impl Host {
                 .join(path.strip_prefix(&self.root).unwrap_or(path))
                 .display()
                 .to_string(),
-            msg: e.to_string(),
+            source: e.into(),
         })
     }
 
@@ -607,10 +626,7 @@ impl Host {
             | Err(PreflightError::NoGroupNode { .. })
             | Err(PreflightError::Memlock { .. })
             | Err(PreflightError::NoIommuGroup { .. }) => {
-                self.function(bdf).map_err(|e| PreflightError::Sysfs {
-                    bdf: *bdf,
-                    msg: e.to_string(),
-                })?
+                self.function(bdf).map_err(|e| sysfs_err(bdf, e))?
             }
             Err(e) => return Err(e.into()),
         };
@@ -656,10 +672,7 @@ impl Host {
             }
             .into());
         }
-        let f = self.function(bdf).map_err(|e| PreflightError::Sysfs {
-            bdf: *bdf,
-            msg: e.to_string(),
-        })?;
+        let f = self.function(bdf).map_err(|e| sysfs_err(bdf, e))?;
         if f.driver.as_deref() != Some(VFIO_PCI) {
             return Err(BindError::NotVfio {
                 bdf: *bdf,
@@ -683,6 +696,8 @@ impl Host {
 }
 
 /// A fake sysfs + /dev tree for tests (also used by the CLI tests through `IOAT_SYSFS_ROOT`).
+/// Test-only: compiled for this crate's unit tests and with the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
 pub mod fake {
     use super::*;
     use std::os::unix::fs::symlink;

@@ -18,8 +18,27 @@ pub enum MapError {
     NotMapped { iova: u64, len: u64 },
     #[error("IOVA range {iova:#x}+{len} is still referenced by {refs} in-flight descriptor(s); wait for their completion before unmapping")]
     Busy { iova: u64, len: u64, refs: u64 },
-    #[error("{what}: {msg}")]
-    Os { what: &'static str, msg: String },
+    #[error("{what}: length {len} overflows the address space; map less")]
+    TooLong { what: &'static str, len: u64 },
+    /// The OS refused (mmap, VFIO_IOMMU_MAP_DMA, mlock, pagemap ...). `hint` names the fix.
+    #[error("{what}: {source}{hint}")]
+    Os {
+        what: &'static str,
+        #[source]
+        source: crate::error::OsError,
+        hint: &'static str,
+    },
+}
+
+impl MapError {
+    /// An OS error with the operation that failed and a hint (`""` or `"; do this"`).
+    pub fn os(what: &'static str, e: std::io::Error, hint: &'static str) -> MapError {
+        MapError::Os {
+            what,
+            source: e.into(),
+            hint,
+        }
+    }
 }
 
 /// Makes host memory addressable by the device.
@@ -257,9 +276,9 @@ impl DmaBuffer {
         }
         let round = |l: usize, p: usize| l.checked_add(p - 1).map(|v| v & !(p - 1));
         if huge != HugePages::Never {
-            let hl = round(len, HUGE_PAGE_SIZE).ok_or(MapError::Os {
+            let hl = round(len, HUGE_PAGE_SIZE).ok_or(MapError::TooLong {
                 what: "allocating DMA memory",
-                msg: format!("length {len} overflows"),
+                len: len as u64,
             })?;
             match memmap2::MmapOptions::new()
                 .len(hl)
@@ -269,28 +288,30 @@ impl DmaBuffer {
             {
                 Ok(m) => return Ok(Self::finish(m.into(), true)),
                 Err(e) if huge == HugePages::Require => {
-                    return Err(MapError::Os {
-                        what: "allocating 2 MiB huge pages",
-                        msg: format!(
-                            "{e}; reserve some with `echo 64 > /proc/sys/vm/nr_hugepages` \
-                             or allow normal pages (HugePages::Prefer)"
-                        ),
-                    })
+                    return Err(MapError::os(
+                        "allocating 2 MiB huge pages",
+                        e,
+                        "; reserve some with `echo 64 > /proc/sys/vm/nr_hugepages` or allow \
+                         normal pages (HugePages::Prefer)",
+                    ))
                 }
                 Err(_) => {}
             }
         }
-        let l = round(len, PAGE_SIZE).ok_or(MapError::Os {
+        let l = round(len, PAGE_SIZE).ok_or(MapError::TooLong {
             what: "allocating DMA memory",
-            msg: format!("length {len} overflows"),
+            len: len as u64,
         })?;
         let m = memmap2::MmapOptions::new()
             .len(l)
             .populate()
             .map_anon()
-            .map_err(|e| MapError::Os {
-                what: "allocating DMA memory (anonymous mmap)",
-                msg: format!("{e}; lower the buffer or ring sizes"),
+            .map_err(|e| {
+                MapError::os(
+                    "allocating DMA memory (anonymous mmap)",
+                    e,
+                    "; lower the buffer or ring sizes",
+                )
             })?;
         Ok(Self::finish(m.into(), false))
     }

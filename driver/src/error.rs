@@ -1,11 +1,63 @@
 //! Error types of the driver. Every message says what went wrong and what to do about it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 
 use crate::dma::MapError;
 use crate::regs::{CbVersion, ChanErr, ChanState};
+
+/// An operating-system error kept whole (kind, errno, message) inside a driver error instead
+/// of being flattened into a string. Shared, so the driver's error enums stay `Clone`; two are
+/// equal when kind, errno and message are. Displays as the I/O error itself; the I/O error is
+/// reachable with [`OsError::io`].
+#[derive(Debug, Clone)]
+pub struct OsError(Arc<std::io::Error>);
+
+impl OsError {
+    /// The I/O error.
+    pub fn io(&self) -> &std::io::Error {
+        &self.0
+    }
+    /// Its errno, if it came from the OS.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.0.raw_os_error()
+    }
+    /// Its kind.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+}
+
+impl From<std::io::Error> for OsError {
+    fn from(e: std::io::Error) -> Self {
+        OsError(Arc::new(e))
+    }
+}
+
+impl PartialEq for OsError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind()
+            && self.raw_os_error() == other.raw_os_error()
+            && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for OsError {}
+
+impl std::fmt::Display for OsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for OsError {
+    // Transparent, like `#[error(transparent)]`: the I/O error's own source, if any.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// Errors from opening a device, setting up, resetting or restarting a channel.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -59,7 +111,13 @@ pub enum Error {
         "channel {chan} is out of service after a failed recovery ({reason}); call \
              Channel::restart() or reopen the device"
     )]
-    ChannelDown { chan: u32, reason: String },
+    ChannelDown {
+        chan: u32,
+        reason: String,
+        /// The error that took the channel down.
+        #[source]
+        cause: Box<Error>,
+    },
     #[error(
         "{in_flight} operation(s) still in flight after {waited:?}; poll longer or raise \
              the timeout"
@@ -67,6 +125,18 @@ pub enum Error {
     WaitTimeout { in_flight: u32, waited: Duration },
     #[error("DMA memory: {0}")]
     Map(#[from] MapError),
+}
+
+impl Error {
+    /// True when this error leaves a channel that may still be running: a reset that did not
+    /// complete (RESET never cleared) or did not reach HALTED. Buffers of the operations that
+    /// were in flight must then be treated as still owned by the device.
+    pub fn device_may_be_running(&self) -> bool {
+        matches!(
+            self,
+            Error::ResetTimeout { .. } | Error::NotHaltedAfterReset { .. }
+        )
+    }
 }
 
 /// Why an operation could not be queued. Nothing was written to the ring.
@@ -106,7 +176,13 @@ pub enum SubmitError {
         region_len: usize,
     },
     #[error("channel {chan} is out of service ({reason}); call Channel::restart()")]
-    ChannelDown { chan: u32, reason: String },
+    ChannelDown {
+        chan: u32,
+        reason: String,
+        /// The error that took the channel down.
+        #[source]
+        cause: Error,
+    },
 }
 
 /// Why a submitted operation failed. Each operation is reported exactly once.

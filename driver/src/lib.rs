@@ -6,6 +6,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod channel;
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod desc;
 pub mod device;
@@ -21,5 +22,5 @@ pub mod vfio;
 pub use channel::{Channel, ChannelConfig, ChannelRegs, ChannelStats, Completion};
 pub use device::{Device, DeviceInfo, DeviceOptions};
 pub use dma::{DmaBuffer, DmaMapper, DmaRegion, HugePages, IovaAllocator, MapError, RegionPin};
-pub use error::{Error, OpError, SubmitError};
+pub use error::{Error, OpError, OsError, SubmitError};
 pub use ring::Token;

@@ -20,7 +20,10 @@
 //!   address of the last reaped descriptor (`tail - 1`) be told apart from every in-flight one.
 //!
 //! An operation occupies one or more consecutive descriptors (copies are split at XFERCAP); the
-//! operation's record (its token and payload, such as region pins) sits on its last slot.
+//! operation's record (its token and payload) sits on its last slot. The payload is whatever the
+//! owner of the ring wants back when the operation is reaped or drained: the channel keeps the
+//! caller's own context there (like the callback and argument SPDK keeps in its software ring,
+//! `lib/ioat/ioat.c`) next to the region pins, so a completion needs no lookup table.
 
 /// Identifies one submitted operation on one channel. Tokens increase by one per operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,6 +88,8 @@ pub struct Ring<P> {
     chain_start: u32,
     next_token: u64,
     ops: u32,
+    /// Operations with a token (the ones that get reported) written and not yet reaped.
+    token_ops: u32,
     slots: Vec<Option<OpEntry<P>>>,
 }
 
@@ -115,6 +120,7 @@ impl<P> Ring<P> {
             chain_start: 0,
             next_token: 0,
             ops: 0,
+            token_ops: 0,
             slots: (0..size).map(|_| None).collect(),
         }
     }
@@ -170,6 +176,11 @@ impl<P> Ring<P> {
     pub fn ops(&self) -> u32 {
         self.ops
     }
+    /// Operations with a token (the ones a caller waits for) written and not yet reaped;
+    /// internal descriptors (null, fence) are not counted.
+    pub fn token_ops(&self) -> u32 {
+        self.token_ops
+    }
     /// The token the next operation will get.
     pub fn next_token(&self) -> Token {
         Token(self.next_token)
@@ -208,6 +219,7 @@ impl<P> Ring<P> {
         });
         self.head = first.wrapping_add(ndesc);
         self.ops += 1;
+        self.token_ops += u32::from(token.is_some());
         Ok(first)
     }
 
@@ -271,15 +283,22 @@ impl<P> Ring<P> {
         }
         let mut count = 0;
         for _ in 0..n {
-            let s = self.slot(self.tail);
-            self.tail = self.tail.wrapping_add(1);
-            if let Some(op) = self.slots[s].take() {
-                self.ops -= 1;
+            if let Some(op) = self.take_tail() {
                 count += 1;
                 f(op);
             }
         }
         count
+    }
+
+    /// Advances `tail` by one slot and takes the record ending there, if any.
+    fn take_tail(&mut self) -> Option<OpEntry<P>> {
+        let s = self.slot(self.tail);
+        self.tail = self.tail.wrapping_add(1);
+        let op = self.slots[s].take()?;
+        self.ops -= 1;
+        self.token_ops -= u32::from(op.token.is_some());
+        Some(op)
     }
 
     /// Removes every written operation (in flight and pending) in order, for error recovery.
@@ -290,10 +309,7 @@ impl<P> Ring<P> {
         let mut count = 0;
         let mut first = true;
         while self.tail != self.head {
-            let s = self.slot(self.tail);
-            self.tail = self.tail.wrapping_add(1);
-            if let Some(op) = self.slots[s].take() {
-                self.ops -= 1;
+            if let Some(op) = self.take_tail() {
                 count += 1;
                 f(op, first);
                 first = false;
@@ -542,6 +558,8 @@ mod tests {
                     }
                     prop_assert_eq!(r.free() + r.used(), r.size() - 1);
                     prop_assert!(r.in_flight() <= r.used());
+                    prop_assert_eq!(r.token_ops() as u64, next_token - reported.len() as u64);
+                    prop_assert!(r.token_ops() <= r.ops());
                     for i in 0..r.in_flight() {
                         let pos = r.tail().wrapping_add(i);
                         prop_assert_eq!(r.decode(r.desc_iova(pos)), Completed::Pos(pos));

@@ -727,9 +727,16 @@ fn failed_recovery_takes_the_channel_down_until_restart() {
     assert_eq!(out[0].token, t);
     assert!(matches!(out[0].result, Err(OpError::Timeout { .. })));
     assert!(ch.down_reason().unwrap().contains("RESET did not clear"));
+    // The typed cause is kept, not just its message.
+    assert!(matches!(ch.down_error(), Some(Error::ResetTimeout { .. })));
+    let cause = std::error::Error::source(&e).expect("the cause is kept");
+    assert!(cause.to_string().contains("RESET did not clear"), "{cause}");
+    let refused = ch.copy_regions(&a, 0, &b, 0, 64);
+    assert!(matches!(refused, Err(SubmitError::ChannelDown { .. })));
+    let refused = refused.unwrap_err();
     assert!(matches!(
-        ch.copy_regions(&a, 0, &b, 0, 64),
-        Err(SubmitError::ChannelDown { .. })
+        std::error::Error::source(&refused).and_then(|s| s.downcast_ref::<Error>()),
+        Some(Error::ResetTimeout { .. })
     ));
     // The reset did not finish, so the device may still touch the buffers: their pins are
     // leaked on purpose and the regions stay mapped.

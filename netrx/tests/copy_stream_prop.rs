@@ -512,7 +512,7 @@ mod ioat_model {
         let dev = ModelDevice::new(cfg);
         let d = Device::open(dev.clone(), dev.mapper()).expect("open the model device");
         let ch = d
-            .channel(
+            .channel_with_context(
                 0,
                 ChannelConfig::default()
                     .ring_order(8)

@@ -66,6 +66,118 @@ fn open_rw(path: &std::path::Path) -> io::Result<File> {
         .open(path)
 }
 
+/// The syscalls of the no-IOMMU open sequence, one typed method each: [`Kernel`] issues them,
+/// a test scripts them (so the sequence and its error messages are tested without VFIO).
+pub trait RawIoctls {
+    /// Opens a VFIO node (container, group) read/write.
+    fn open(&self, path: &std::path::Path) -> io::Result<File>;
+    /// VFIO_GET_API_VERSION.
+    fn api_version(&self, container: &File) -> io::Result<i32>;
+    /// VFIO_CHECK_EXTENSION: non-zero when supported.
+    fn check_extension(&self, container: &File, ext: u32) -> io::Result<i32>;
+    /// VFIO_GROUP_GET_STATUS: the group's flags.
+    fn group_status(&self, group: &File) -> io::Result<u32>;
+    /// VFIO_GROUP_SET_CONTAINER.
+    fn set_container(&self, group: &File, container: &File) -> io::Result<()>;
+    /// VFIO_SET_IOMMU.
+    fn set_iommu(&self, container: &File, kind: u32) -> io::Result<()>;
+    /// VFIO_GROUP_GET_DEVICE_FD.
+    fn device_fd(&self, group: &File, name: &std::ffi::CStr) -> io::Result<File>;
+    /// VFIO_DEVICE_GET_INFO: (flags, regions, irqs).
+    fn device_info(&self, device: &File) -> io::Result<(u32, u32, u32)>;
+    /// VFIO_DEVICE_GET_REGION_INFO.
+    fn region_info(&self, device: &File, index: u32) -> io::Result<RegionInfo>;
+    /// VFIO_DEVICE_GET_IRQ_INFO: (flags, count).
+    fn irq_info(&self, device: &File, index: u32) -> io::Result<(u32, u32)>;
+}
+
+/// The kernel's VFIO ioctls.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Kernel;
+
+impl RawIoctls for Kernel {
+    fn open(&self, path: &std::path::Path) -> io::Result<File> {
+        open_rw(path)
+    }
+
+    fn api_version(&self, container: &File) -> io::Result<i32> {
+        // SAFETY: VFIO_GET_API_VERSION takes no argument.
+        check(unsafe { libc::ioctl(container.as_raw_fd(), GET_API_VERSION) })
+    }
+
+    fn check_extension(&self, container: &File, ext: u32) -> io::Result<i32> {
+        // SAFETY: VFIO_CHECK_EXTENSION takes an integer argument by value.
+        check(unsafe { libc::ioctl(container.as_raw_fd(), CHECK_EXTENSION, ext as libc::c_ulong) })
+    }
+
+    fn group_status(&self, group: &File) -> io::Result<u32> {
+        let mut st = b::vfio_group_status {
+            argsz: mem::size_of::<b::vfio_group_status>() as u32,
+            flags: 0,
+        };
+        // SAFETY: the kernel writes a vfio_group_status into `st`, which is large enough.
+        check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_GET_STATUS, &mut st) })?;
+        Ok(st.flags)
+    }
+
+    fn set_container(&self, group: &File, container: &File) -> io::Result<()> {
+        let cfd: libc::c_int = container.as_raw_fd();
+        // SAFETY: GROUP_SET_CONTAINER reads one int (the container fd) from the pointer.
+        check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_SET_CONTAINER, &cfd) }).map(|_| ())
+    }
+
+    fn set_iommu(&self, container: &File, kind: u32) -> io::Result<()> {
+        // SAFETY: SET_IOMMU takes the IOMMU type by value.
+        check(unsafe { libc::ioctl(container.as_raw_fd(), SET_IOMMU, kind as libc::c_ulong) })
+            .map(|_| ())
+    }
+
+    fn device_fd(&self, group: &File, name: &std::ffi::CStr) -> io::Result<File> {
+        // SAFETY: GROUP_GET_DEVICE_FD reads a NUL-terminated string; returns a new fd we own.
+        let fd =
+            check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_GET_DEVICE_FD, name.as_ptr()) })?;
+        // SAFETY: `fd` is a fresh descriptor returned by the kernel and owned by nobody else.
+        Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    }
+
+    fn device_info(&self, device: &File) -> io::Result<(u32, u32, u32)> {
+        let mut info = b::vfio_device_info {
+            argsz: mem::size_of::<b::vfio_device_info>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: the kernel fills a vfio_device_info of the size given in argsz.
+        check(unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_GET_INFO, &mut info) })?;
+        Ok((info.flags, info.num_regions, info.num_irqs))
+    }
+
+    fn region_info(&self, device: &File, index: u32) -> io::Result<RegionInfo> {
+        let mut ri = b::vfio_region_info {
+            argsz: mem::size_of::<b::vfio_region_info>() as u32,
+            index,
+            ..Default::default()
+        };
+        // SAFETY: the kernel fills a vfio_region_info of the size given in argsz (caps, if
+        // any, are not requested since argsz excludes them).
+        check(unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_GET_REGION_INFO, &mut ri) })?;
+        Ok(RegionInfo {
+            flags: ri.flags,
+            size: ri.size,
+            offset: ri.offset,
+        })
+    }
+
+    fn irq_info(&self, device: &File, index: u32) -> io::Result<(u32, u32)> {
+        let mut ii = b::vfio_irq_info {
+            argsz: mem::size_of::<b::vfio_irq_info>() as u32,
+            index,
+            ..Default::default()
+        };
+        // SAFETY: the kernel fills a vfio_irq_info of the size given in argsz.
+        check(unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_GET_IRQ_INFO, &mut ii) })?;
+        Ok((ii.flags, ii.count))
+    }
+}
+
 impl RawDevice {
     /// Opens `name` (the BDF string) through the no-IOMMU group node `group_node`.
     pub fn open_noiommu(
@@ -73,94 +185,52 @@ impl RawDevice {
         group_node: &std::path::Path,
         name: &str,
     ) -> io::Result<RawDevice> {
-        let container = open_rw(&vfio_dir.join("vfio"))?;
-        // SAFETY: VFIO_GET_API_VERSION takes no argument.
-        let v = check(unsafe { libc::ioctl(container.as_raw_fd(), GET_API_VERSION) })?;
+        Self::open_noiommu_with(&Kernel, vfio_dir, group_node, name)
+    }
+
+    /// The no-IOMMU open sequence over `sys`: container (API version, no-IOMMU extension),
+    /// group (viable), group into container, IOMMU type, device fd (a PCI device), then its
+    /// regions and interrupt counts.
+    pub fn open_noiommu_with(
+        sys: &impl RawIoctls,
+        vfio_dir: &std::path::Path,
+        group_node: &std::path::Path,
+        name: &str,
+    ) -> io::Result<RawDevice> {
+        let container = sys.open(&vfio_dir.join("vfio"))?;
+        let v = sys.api_version(&container)?;
         if v != b::VFIO_API_VERSION as i32 {
             return Err(io::Error::other(format!("VFIO API version {v} is not 0")));
         }
-        // SAFETY: VFIO_CHECK_EXTENSION takes an integer argument by value.
-        let ok = check(unsafe {
-            libc::ioctl(
-                container.as_raw_fd(),
-                CHECK_EXTENSION,
-                VFIO_NOIOMMU_IOMMU as libc::c_ulong,
-            )
-        })?;
-        if ok == 0 {
+        if sys.check_extension(&container, VFIO_NOIOMMU_IOMMU)? == 0 {
             return Err(io::Error::other(
                 "the VFIO container does not offer no-IOMMU mode (load vfio with enable_unsafe_noiommu_mode=1)",
             ));
         }
-        let group = open_rw(group_node)?;
-        let mut st = b::vfio_group_status {
-            argsz: mem::size_of::<b::vfio_group_status>() as u32,
-            flags: 0,
-        };
-        // SAFETY: the kernel writes a vfio_group_status into `st`, which is large enough.
-        check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_GET_STATUS, &mut st) })?;
-        if st.flags & b::VFIO_GROUP_FLAGS_VIABLE == 0 {
+        let group = sys.open(group_node)?;
+        if sys.group_status(&group)? & b::VFIO_GROUP_FLAGS_VIABLE == 0 {
             return Err(io::Error::other(
                 "group is not viable: bind every member to vfio-pci or unbind it",
             ));
         }
-        let cfd: libc::c_int = container.as_raw_fd();
-        // SAFETY: GROUP_SET_CONTAINER reads one int (the container fd) from the pointer.
-        check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_SET_CONTAINER, &cfd) })?;
-        // SAFETY: SET_IOMMU takes the IOMMU type by value.
-        check(unsafe {
-            libc::ioctl(
-                container.as_raw_fd(),
-                SET_IOMMU,
-                VFIO_NOIOMMU_IOMMU as libc::c_ulong,
-            )
-        })?;
+        sys.set_container(&group, &container)?;
+        sys.set_iommu(&container, VFIO_NOIOMMU_IOMMU)?;
         let cname = std::ffi::CString::new(name).map_err(io::Error::other)?;
-        // SAFETY: GROUP_GET_DEVICE_FD reads a NUL-terminated string; returns a new fd we own.
-        let fd =
-            check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_GET_DEVICE_FD, cname.as_ptr()) })?;
-        // SAFETY: `fd` is a fresh descriptor returned by the kernel and owned by nobody else.
-        let device = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let mut info = b::vfio_device_info {
-            argsz: mem::size_of::<b::vfio_device_info>() as u32,
-            ..Default::default()
-        };
-        // SAFETY: the kernel fills a vfio_device_info of the size given in argsz.
-        check(unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_GET_INFO, &mut info) })?;
-        if info.flags & b::VFIO_DEVICE_FLAGS_PCI == 0 {
+        let device = sys.device_fd(&group, &cname)?;
+        let (flags, num_regions, _) = sys.device_info(&device)?;
+        if flags & b::VFIO_DEVICE_FLAGS_PCI == 0 {
             return Err(io::Error::other("VFIO device is not a PCI device"));
         }
-        let mut regions = Vec::new();
-        for index in 0..info.num_regions.min(9) {
-            let mut ri = b::vfio_region_info {
-                argsz: mem::size_of::<b::vfio_region_info>() as u32,
-                index,
-                ..Default::default()
-            };
-            // SAFETY: the kernel fills a vfio_region_info of the size given in argsz (caps,
-            // if any, are not requested since argsz excludes them).
-            let rc = unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_GET_REGION_INFO, &mut ri) };
-            if rc < 0 {
-                regions.push(RegionInfo::default());
-            } else {
-                regions.push(RegionInfo {
-                    flags: ri.flags,
-                    size: ri.size,
-                    offset: ri.offset,
-                });
-            }
-        }
+        // A region VFIO cannot describe stays empty (size 0): mapping it is refused later.
+        let regions = (0..num_regions.min(9))
+            .map(|index| sys.region_info(&device, index).unwrap_or_default())
+            .collect();
         let mut irq_counts = [0u32; 3];
         for (index, slot) in irq_counts.iter_mut().enumerate() {
-            let mut ii = b::vfio_irq_info {
-                argsz: mem::size_of::<b::vfio_irq_info>() as u32,
-                index: index as u32,
-                ..Default::default()
-            };
-            // SAFETY: the kernel fills a vfio_irq_info of the size given in argsz.
-            let rc = unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_GET_IRQ_INFO, &mut ii) };
-            if rc == 0 && ii.flags & b::VFIO_IRQ_INFO_EVENTFD != 0 {
-                *slot = ii.count;
+            if let Ok((flags, count)) = sys.irq_info(&device, index as u32) {
+                if flags & b::VFIO_IRQ_INFO_EVENTFD != 0 {
+                    *slot = count;
+                }
             }
         }
         Ok(RawDevice {
@@ -217,4 +287,169 @@ pub fn set_irqs(device: &File, index: u32, fds: &[i32]) -> io::Result<()> {
     }
     // SAFETY: the buffer is a complete vfio_irq_set of argsz bytes.
     check(unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_SET_IRQS, p) }).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::path::Path;
+
+    /// Scripted ioctls: every handle is /dev/null; the answers come from the fields.
+    struct Script {
+        calls: RefCell<Vec<String>>,
+        api: i32,
+        noiommu_ext: i32,
+        group_flags: u32,
+        device_flags: u32,
+        regions: Vec<Option<RegionInfo>>,
+        irqs: [(u32, u32); 3],
+    }
+
+    impl Script {
+        fn good() -> Script {
+            Script {
+                calls: RefCell::new(Vec::new()),
+                api: b::VFIO_API_VERSION as i32,
+                noiommu_ext: 1,
+                group_flags: b::VFIO_GROUP_FLAGS_VIABLE,
+                device_flags: b::VFIO_DEVICE_FLAGS_PCI,
+                regions: vec![
+                    Some(RegionInfo {
+                        flags: VFIO_REGION_INFO_FLAG_MMAP,
+                        size: 0x4000,
+                        offset: 0,
+                    }),
+                    None,
+                ],
+                irqs: [
+                    (b::VFIO_IRQ_INFO_EVENTFD, 1),
+                    (0, 1),
+                    (b::VFIO_IRQ_INFO_EVENTFD, 4),
+                ],
+            }
+        }
+        fn log(&self, c: String) {
+            self.calls.borrow_mut().push(c);
+        }
+        fn null() -> io::Result<File> {
+            File::open("/dev/null")
+        }
+    }
+
+    impl RawIoctls for Script {
+        fn open(&self, path: &Path) -> io::Result<File> {
+            self.log(format!("open {}", path.display()));
+            Self::null()
+        }
+        fn api_version(&self, _: &File) -> io::Result<i32> {
+            self.log("GET_API_VERSION".into());
+            Ok(self.api)
+        }
+        fn check_extension(&self, _: &File, ext: u32) -> io::Result<i32> {
+            self.log(format!("CHECK_EXTENSION {ext}"));
+            Ok(self.noiommu_ext)
+        }
+        fn group_status(&self, _: &File) -> io::Result<u32> {
+            self.log("GROUP_GET_STATUS".into());
+            Ok(self.group_flags)
+        }
+        fn set_container(&self, _: &File, _: &File) -> io::Result<()> {
+            self.log("GROUP_SET_CONTAINER".into());
+            Ok(())
+        }
+        fn set_iommu(&self, _: &File, kind: u32) -> io::Result<()> {
+            self.log(format!("SET_IOMMU {kind}"));
+            Ok(())
+        }
+        fn device_fd(&self, _: &File, name: &std::ffi::CStr) -> io::Result<File> {
+            self.log(format!("GROUP_GET_DEVICE_FD {}", name.to_string_lossy()));
+            Self::null()
+        }
+        fn device_info(&self, _: &File) -> io::Result<(u32, u32, u32)> {
+            self.log("DEVICE_GET_INFO".into());
+            Ok((self.device_flags, self.regions.len() as u32, 3))
+        }
+        fn region_info(&self, _: &File, index: u32) -> io::Result<RegionInfo> {
+            self.log(format!("DEVICE_GET_REGION_INFO {index}"));
+            self.regions[index as usize].ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+        }
+        fn irq_info(&self, _: &File, index: u32) -> io::Result<(u32, u32)> {
+            self.log(format!("DEVICE_GET_IRQ_INFO {index}"));
+            Ok(self.irqs[index as usize])
+        }
+    }
+
+    fn open(s: &Script) -> io::Result<RawDevice> {
+        RawDevice::open_noiommu_with(
+            s,
+            Path::new("/fake/dev/vfio"),
+            Path::new("/fake/dev/vfio/noiommu-3"),
+            "0000:00:04.0",
+        )
+    }
+
+    #[test]
+    fn noiommu_open_sequence() {
+        let s = Script::good();
+        let d = open(&s).unwrap();
+        let ni = VFIO_NOIOMMU_IOMMU;
+        assert_eq!(
+            *s.calls.borrow(),
+            [
+                "open /fake/dev/vfio/vfio".to_string(),
+                "GET_API_VERSION".into(),
+                format!("CHECK_EXTENSION {ni}"),
+                "open /fake/dev/vfio/noiommu-3".into(),
+                "GROUP_GET_STATUS".into(),
+                "GROUP_SET_CONTAINER".into(),
+                format!("SET_IOMMU {ni}"),
+                "GROUP_GET_DEVICE_FD 0000:00:04.0".into(),
+                "DEVICE_GET_INFO".into(),
+                "DEVICE_GET_REGION_INFO 0".into(),
+                "DEVICE_GET_REGION_INFO 1".into(),
+                "DEVICE_GET_IRQ_INFO 0".into(),
+                "DEVICE_GET_IRQ_INFO 1".into(),
+                "DEVICE_GET_IRQ_INFO 2".into(),
+            ]
+        );
+        assert_eq!(d.regions.len(), 2);
+        assert_eq!(d.regions[0].size, 0x4000);
+        assert_eq!(d.regions[1].size, 0, "an undescribable region stays empty");
+        assert_eq!(d.irq_counts, [1, 0, 4], "MSI without EVENTFD counts 0");
+    }
+
+    #[test]
+    fn noiommu_open_refusals_name_the_fix_and_stop_early() {
+        let mut s = Script::good();
+        s.group_flags = 0;
+        let e = open(&s).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not viable: bind every member to vfio-pci"),
+            "{e}"
+        );
+        assert!(
+            !s.calls.borrow().iter().any(|c| c == "GROUP_SET_CONTAINER"),
+            "a group that is not viable is never attached"
+        );
+
+        let mut s = Script::good();
+        s.noiommu_ext = 0;
+        let e = open(&s).unwrap_err();
+        assert!(
+            e.to_string().contains("enable_unsafe_noiommu_mode=1"),
+            "{e}"
+        );
+        assert_eq!(s.calls.borrow().len(), 3, "the group is not even opened");
+
+        let mut s = Script::good();
+        s.api = 1;
+        assert!(open(&s).unwrap_err().to_string().contains("API version 1"));
+
+        let mut s = Script::good();
+        s.device_flags = 0;
+        let e = open(&s).unwrap_err();
+        assert!(e.to_string().contains("not a PCI device"), "{e}");
+    }
 }

@@ -27,6 +27,12 @@ pub enum EngineError {
     BadLength { len: usize, max: usize },
     #[error("device error: {0}; the op's bytes must be copied again by CPU")]
     Device(String),
+    /// The I/OAT driver failed the op (halt, timeout); the driver's error is kept.
+    #[error("DMA op failed: {0}; the op's bytes must be copied again by CPU")]
+    Op(#[source] ioat_driver::OpError),
+    /// The I/OAT driver refused the op for a reason other than a full ring or a down channel.
+    #[error("DMA submit refused: {0}; copy by CPU")]
+    Submit(#[source] ioat_driver::SubmitError),
     #[error("op aborted by an engine reset; the op's bytes must be copied again by CPU")]
     Aborted,
     #[error("engine is down: {0}; use the CPU path")]

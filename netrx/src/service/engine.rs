@@ -102,7 +102,7 @@ mod tests {
         let model = new_model(Preset::Skx, Timing::Instant, 1);
         let dev = Device::open(model.clone(), model.mapper()).unwrap();
         let ch = dev
-            .channel(0, ChannelConfig::default().ring_order(6))
+            .channel_with_context(0, ChannelConfig::default().ring_order(6))
             .unwrap();
         let mut r = Regions::new();
         let a = r.add(Arc::new(HeapRegion::new(8192)), true);

@@ -112,7 +112,7 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
                 .map_err(|e| other(format!("model device: {e}")))?;
             for (i, r) in regions.iter_mut().enumerate() {
                 let ch = dev
-                    .channel(i as u32, ioat_driver::ChannelConfig::default())
+                    .channel_with_context(i as u32, ioat_driver::ChannelConfig::default())
                     .map_err(|e| other(format!("model channel {i}: {e}")))?;
                 // Maps the UMEM and the pool once (the poller drops the engine before its
                 // socket, so the UMEM outlives the mapping).
@@ -240,7 +240,7 @@ fn open_vfio(bdf: &str, r: &mut Regions) -> io::Result<AnyEngine> {
     let d =
         ioat_driver::Device::open(bar, mapper.clone()).map_err(|e| other(format!("{bdf}: {e}")))?;
     let ch = d
-        .channel(0, ioat_driver::ChannelConfig::default())
+        .channel_with_context(0, ioat_driver::ChannelConfig::default())
         .map_err(|e| other(format!("{bdf}: channel 0: {e}")))?;
     let e = IoatEngine::new(ch, mapper, r)
         .map_err(|e| other(format!("{bdf}: mapping UMEM and pool for DMA: {e}")))?;

@@ -379,7 +379,7 @@ pub fn run_one(o: &Opts, seg: usize, kind: PolicyKind, rcvlowat: usize) -> Resul
             let dev = Device::open(model.clone(), model.mapper())
                 .map_err(|e| anyhow!("opening the model device: {e}"))?;
             let ch = dev
-                .channel(0, ChannelConfig::default())
+                .channel_with_context(0, ChannelConfig::default())
                 .map_err(|e| anyhow!("model channel 0: {e}"))?;
             // Nothing to map yet: run_with maps its regions once they exist.
             let engine = IoatEngine::new(ch, dev.mapper(), &mut Regions::new())
