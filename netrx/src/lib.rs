@@ -3,5 +3,6 @@ pub mod copy;
 pub mod service;
 pub mod xsk;
 
+pub mod netns;
 pub mod tcp;
 pub mod wire;
