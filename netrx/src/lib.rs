@@ -4,6 +4,7 @@ pub mod rxcore;
 pub mod service;
 pub mod xsk;
 
+pub mod netns;
 pub mod tcp;
 pub mod wire;
 

@@ -342,3 +342,51 @@ fn bench_model_json_reports_sizes_and_crossover() {
         stderr(&o)
     );
 }
+
+/// Sizes and counts out of range are refused with the valid range (before: `--max-size
+/// 99999999999999` silently stopped at 4 MiB), and negative numbers name their flag (before:
+/// clap's bare "unexpected argument '-1'").
+#[test]
+fn bench_numbers_out_of_range_name_the_flag_and_range() {
+    for (args, flag, want) in [
+        (
+            vec!["--max-size", "99999999999999"],
+            "--max-size",
+            "1..=4194304",
+        ),
+        (vec!["--max-size", "-1"], "--max-size", "negative"),
+        (vec!["--min-size", "0"], "--min-size", "1..=4194304"),
+        (vec!["--time-ms", "0"], "--time-ms", "1..=60000"),
+        (vec!["--channel", "-1"], "--channel", "negative"),
+        (vec!["--model-desc-ns", "-3"], "--model-desc-ns", "negative"),
+    ] {
+        let mut a = vec!["bench", "model"];
+        a.extend(args.iter());
+        let o = ctl(&a, None);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(e.contains(flag) && e.contains(want), "{args:?}: {e}");
+        assert!(!e.contains("unexpected argument"), "{args:?}: {e}");
+    }
+    let o = ctl(
+        &["bench", "model", "--min-size", "4096", "--max-size", "64"],
+        None,
+    );
+    assert!(stderr(&o).contains("at most --max-size"), "{}", stderr(&o));
+    let o = ctl(&["regs", "model", "--channel", "-2"], None);
+    assert!(stderr(&o).contains("--channel") && stderr(&o).contains("negative"));
+}
+
+/// One PCI-address parser (the driver's) for every tool: `0000:00:3.0` is 0000:00:03.0 for
+/// `ioat-ctl bind` as it is for `netrxd --engine` (tools/tests/netrxd_cli.rs).
+#[test]
+fn bind_accepts_the_short_device_number_and_refuses_bad_addresses() {
+    let t = Tmp::new("bind-short");
+    build(&t.0, &[skx("0000:00:03.0", Some("vfio-pci"), 5)], false).unwrap();
+    let o = ctl(&["bind", "0000:00:3.0", "--json"], Some(&t.0));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["already_bound"], true);
+    let o = ctl(&["bind", "0000:00:20.0"], Some(&t.0));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("DDDD:BB:DD.F"), "{}", stderr(&o));
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `netrxd` binary (root; they fail instead of skipping under CI=true):
 //! - `netrxd demo --seconds 3` exits 0 with five rows of non-zero bandwidth and leaves nothing
-//!   behind;
+//!   behind; its sender is iperf 2 when installed, and `--sender builtin --repeats 2 --svg` runs
+//!   the built-in sender twice per row and draws the picture;
 //! - `netrxd run` with a `dir:` sink receives kernel TCP senders, and the files' SHA-256 match;
 //!   stats (Unix socket and Prometheus on loopback) report them; SIGTERM exits 0 and detaches XDP;
 //! - SIGTERM mid-transfer: exit 0, no XDP program left, and the cut connection is a `.partial`
@@ -154,7 +155,7 @@ fn files(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
 
 #[test]
 fn netrxd_demo_seconds_3() {
-    if !guard("netrxd_demo_seconds_3", &["iperf", "ethtool"]) {
+    if !guard("netrxd_demo_seconds_3", &[]) {
         return;
     }
     let t0 = Instant::now();
@@ -195,6 +196,18 @@ fn netrxd_demo_seconds_3() {
         .unwrap()
         .contains("simulated by the device model"));
     assert!(stderr.contains("[5/5]"), "progress on stderr: {stderr}");
+    // iperf 2 when it is installed, the built-in sender otherwise; the report says which.
+    let iperf2 = Command::new("iperf")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).contains("iperf version 2"))
+        .unwrap_or(false);
+    let kind = v["sender_kind"].as_str().unwrap();
+    assert_eq!(kind, if iperf2 { "iperf" } else { "builtin" }, "{v}");
+    assert!(
+        v["sender"].as_str().unwrap().contains("-w 250K -l 2M"),
+        "{v}"
+    );
     eprintln!(
         "demo took {:?}:\n{}",
         t0.elapsed(),
@@ -210,7 +223,7 @@ fn netrxd_demo_seconds_3() {
 
 #[test]
 fn netrxd_run_dir_sink_sha256_stats_metrics() {
-    if !guard("netrxd_run_dir_sink_sha256_stats_metrics", &["ethtool"]) {
+    if !guard("netrxd_run_dir_sink_sha256_stats_metrics", &[]) {
         return;
     }
     let t = topo();
@@ -282,9 +295,83 @@ fn netrxd_run_dir_sink_sha256_stats_metrics() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// MTU 9000: `netrxd run` picks scatter-gather frames by itself (`--sg auto`, the default) and
+/// receives the stream intact; with `--sg off` it refuses and names only what a daemon user can
+/// do (`--sg`, the MTU), never the library's `SocketConfig.sg`.
+#[test]
+fn netrxd_jumbo_mtu_sg_auto_and_off() {
+    if !guard("netrxd_jumbo_mtu_sg_auto_and_off", &[]) {
+        return;
+    }
+    let t = TwoHost::new(&LinkOpts {
+        mtu: 9000,
+        sender_tx_csum_off: true,
+        sender_tso_off: true,
+        ..LinkOpts::default()
+    })
+    .expect("topology, MTU 9000");
+    let dir = tmpdir("jumbo");
+    // --sg off: refused, with the daemon's own words.
+    let p = "5311".to_string();
+    let off = t
+        .receiver
+        .spawn(
+            BIN,
+            &[
+                "run",
+                "--iface",
+                &t.receiver_if,
+                "--port",
+                &p,
+                "--sg",
+                "off",
+            ],
+        )
+        .unwrap()
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap();
+    let e = String::from_utf8_lossy(&off.stderr);
+    assert_eq!(off.status.code(), Some(1), "{e}");
+    assert!(e.contains("MTU 9000") && e.contains("--sg on"), "{e}");
+    assert!(
+        !e.contains("SocketConfig"),
+        "library field in a daemon message: {e}"
+    );
+    eprintln!("--sg off at MTU 9000: {e}");
+    no_xdp(&t);
+    // --sg auto (default): on, and the stream arrives intact.
+    let port = 5312;
+    let (child, sock) = start_daemon(&t, port, &dir, &[]);
+    let len = (5 << 20) + 4321;
+    let sha = t
+        .sender
+        .run(move || send_stream(port, len, 99))
+        .unwrap_or_else(|e| panic!("sender: {e}"));
+    let t0 = Instant::now();
+    while stats_json(&sock)["files_complete"].as_u64() != Some(1) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "file not complete");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sigterm(&child);
+    let out = child.wait_timeout(Duration::from_secs(20)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {log}", out.status);
+    assert!(log.contains("scatter-gather on"), "{log}");
+    let (complete, partial) = files(&dir.join("out"));
+    assert!(partial.is_empty(), "{partial:?}");
+    assert_eq!(complete.len(), 1);
+    assert_eq!(std::fs::metadata(&complete[0]).unwrap().len(), len);
+    assert_eq!(
+        sha_file(&complete[0]),
+        sha,
+        "the file matches the sent stream"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn netrxd_sigterm_mid_transfer() {
-    if !guard("netrxd_sigterm_mid_transfer", &["ethtool"]) {
+    if !guard("netrxd_sigterm_mid_transfer", &[]) {
         return;
     }
     let t = topo();
@@ -327,9 +414,74 @@ fn netrxd_sigterm_mid_transfer() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The built-in sender (what runs on a machine without iperf), two runs per row, and the picture.
+#[test]
+fn netrxd_demo_builtin_sender_repeats_svg() {
+    if !guard("netrxd_demo_builtin_sender_repeats_svg", &[]) {
+        return;
+    }
+    let dir = tmpdir("demo-svg");
+    let svg = dir.join("demo.svg");
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--seconds",
+            "1",
+            "--repeats",
+            "2",
+            "--sender",
+            "builtin",
+            "--svg",
+        ])
+        .arg(&svg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run netrxd demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed ({}): {stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("sender: netrxd's built-in kernel-TCP sender")
+            && stdout.contains("SO_SNDBUF 256000, 2097152-byte writes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("min-max"),
+        "two runs show the range: {stdout}"
+    );
+    assert!(stderr.contains("[10/10]"), "{stderr}");
+    for row in ["cpu", "netdma", "adaptive", "kernel socket"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row}: {stdout}"));
+        // Columns are separated by at least two spaces; the second one is Gbit/s.
+        let g: f64 = line
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(g > 0.0, "{line}");
+    }
+    let pic = std::fs::read_to_string(&svg).unwrap();
+    assert!(pic.starts_with("<svg") && pic.trim_end().ends_with("</svg>"));
+    assert!(
+        pic.contains("netdma + rcvlowat 200 KB") && pic.contains("whisker"),
+        "{pic}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn netrxd_demo_ctrl_c_cleans_up() {
-    if !guard("netrxd_demo_ctrl_c_cleans_up", &["iperf", "ethtool"]) {
+    if !guard("netrxd_demo_ctrl_c_cleans_up", &[]) {
         return;
     }
     let child = Command::new(BIN)

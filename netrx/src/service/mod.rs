@@ -128,21 +128,22 @@ impl FromStr for EngineKind {
                 timing: model_timing(),
             }),
             _ => {
-                let bdfs: Vec<String> = s.split(',').map(|b| b.trim().to_string()).collect();
-                let ok = bdfs.iter().all(|b| {
-                    let p: Vec<&str> = b.split([':', '.']).collect();
-                    (p.len() == 4 || p.len() == 3)
-                        && p.iter()
-                            .all(|x| !x.is_empty() && u32::from_str_radix(x, 16).is_ok())
-                });
-                if ok {
-                    Ok(EngineKind::Vfio { bdfs })
-                } else {
-                    Err(format!(
+                if !s.contains(':') {
+                    return Err(format!(
                         "unknown engine {s:?}; use cpu, null, model[:skx|bdx|icx] or PCI \
                          addresses like 0000:00:04.0[,0000:00:04.1]"
-                    ))
+                    ));
                 }
+                // The driver's one PCI-address parser, written back in canonical form.
+                let bdfs = s
+                    .split(',')
+                    .map(|b| {
+                        b.parse::<ioat_driver::discover::Bdf>()
+                            .map(|b| b.to_string())
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                Ok(EngineKind::Vfio { bdfs })
             }
         }
     }
@@ -734,6 +735,14 @@ mod tests {
                 bdfs: vec!["0000:00:04.0".into(), "0000:00:04.1".into()]
             }
         );
+        // The driver's BDF parser: short forms are canonicalised, bad addresses rejected.
+        assert_eq!(
+            "00:3.0".parse::<EngineKind>().unwrap(),
+            EngineKind::Vfio {
+                bdfs: vec!["0000:00:03.0".into()]
+            }
+        );
+        assert!("0000:00:04.9".parse::<EngineKind>().is_err());
         let e = "dma".parse::<EngineKind>().unwrap_err();
         assert!(e.contains("model[:skx|bdx|icx]"), "{e}");
         assert!("model:zen".parse::<EngineKind>().is_err());

@@ -42,6 +42,11 @@ pub fn break_even(rows: &[(usize, Option<f64>)]) -> Option<usize> {
 /// (`k`/`K`/`KB`/`KiB` = 1024, `m`/`M`/`MB`/`MiB` = 1024², `g`/`G`/`GB`/`GiB` = 1024³).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "size {s:?} is negative; write bytes (1448), or use K, M or G (1024-based, as iperf)"
+        ));
+    }
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());

@@ -3,6 +3,13 @@
 //! DEV is a PCI address (through VFIO) or `model` (the driver's software device, so every
 //! subcommand works without the hardware). Human tables by default, `--json` everywhere.
 
+#[path = "../cli.rs"]
+mod cli;
+
+#[path = "../svg.rs"]
+#[allow(dead_code)] // the bar-chart parts serve netrxd demo
+mod svg;
+
 #[path = "../ctl/mod.rs"]
 mod ctl;
 
@@ -23,6 +30,7 @@ use ioat_driver::regs::{chan, channel_base, CbVersion, ChanErr, ChanState, Regis
     name = "ioat-ctl",
     version,
     about = "Find, bind, inspect, test and benchmark Intel I/OAT (Crystal Beach DMA) channels",
+    allow_negative_numbers = true,
     long_about = "Find, bind, inspect, test and benchmark Intel I/OAT (Crystal Beach DMA) channels.\n\nDEV is a PCI address (DDDD:BB:DD.F, opened through VFIO; bind it first with `ioat-ctl bind`) or `model`, the driver's software I/OAT device, so every subcommand also works without the hardware."
 )]
 struct Cli {
@@ -64,38 +72,44 @@ enum Cmd {
     /// Device identity, capabilities and channel states.
     Info { dev: String },
     /// Decoded register dump (read-only).
+    #[command(allow_negative_numbers = true)]
     Regs {
         dev: String,
-        /// Only this channel.
-        #[arg(long)]
+        /// Only this channel (0..=255; checked against the device's CHANCNT).
+        #[arg(long, value_parser = channel_arg)]
         channel: Option<u32>,
     },
     /// Copy and fill verification on every channel.
+    #[command(allow_negative_numbers = true)]
     Selftest {
         dev: String,
-        /// Only this channel.
-        #[arg(long)]
+        /// Only this channel (0..=255; checked against the device's CHANCNT).
+        #[arg(long, value_parser = channel_arg)]
         channel: Option<u32>,
     },
     /// Reset a channel (suspend, clear errors, CHANCMD reset) and restart it.
+    #[command(allow_negative_numbers = true)]
     Reset {
         dev: String,
-        #[arg(long)]
+        /// The channel (0..=255; checked against the device's CHANCNT).
+        #[arg(long, value_parser = channel_arg)]
         channel: u32,
     },
     /// Bandwidth and latency by transfer size, DMA against CPU memcpy on the same buffers.
+    #[command(allow_negative_numbers = true)]
     Bench {
         dev: String,
-        #[arg(long, default_value_t = 0)]
+        /// The channel (0..=255; checked against the device's CHANCNT).
+        #[arg(long, default_value_t = 0, value_parser = channel_arg)]
         channel: u32,
-        /// Smallest transfer size in bytes (powers of two up to --max-size).
-        #[arg(long, default_value_t = 64)]
+        /// Smallest transfer size in bytes (powers of two up to --max-size), 1..=4194304.
+        #[arg(long, default_value_t = 64, value_parser = cli::int_in(1, BENCH_MAX_SIZE, "bytes"))]
         min_size: u64,
-        /// Largest transfer size in bytes.
-        #[arg(long, default_value_t = 1 << 20)]
+        /// Largest transfer size in bytes, 1..=4194304 (4 MiB, the benchmark's buffer).
+        #[arg(long, default_value_t = 1 << 20, value_parser = cli::int_in(1, BENCH_MAX_SIZE, "bytes (4 MiB, the benchmark's buffer)"))]
         max_size: u64,
-        /// Measuring time per size and method, milliseconds.
-        #[arg(long, default_value_t = 40)]
+        /// Measuring time per size and method, milliseconds (1..=60000).
+        #[arg(long, default_value_t = 40, value_parser = cli::int_in(1, 60_000, "ms"))]
         time_ms: u64,
         /// Evict the caches before every measured round (cold buffers, as a fresh network
         /// payload would be) instead of comparing against a cache-warm memcpy.
@@ -104,8 +118,8 @@ enum Cmd {
         /// Also write an SVG plot of bandwidth by size.
         #[arg(long)]
         svg: Option<std::path::PathBuf>,
-        /// Model only: per-descriptor time in nanoseconds (simulated).
-        #[arg(long, default_value_t = 1000)]
+        /// Model only: per-descriptor time in nanoseconds (simulated), 0..=1000000000.
+        #[arg(long, default_value_t = 1000, value_parser = cli::int_in(0, 1_000_000_000, "ns"))]
         model_desc_ns: u64,
         /// Model only: per-channel bandwidth in GB/s (simulated).
         #[arg(long, default_value_t = 5.0)]
@@ -114,6 +128,14 @@ enum Cmd {
         #[arg(long)]
         model_instant: bool,
     },
+}
+
+/// The largest `bench` transfer size: the benchmark's buffer (`ctl::bench`).
+const BENCH_MAX_SIZE: u64 = ctl::bench::BUF as u64;
+
+/// A channel number, 0..=255 (the device's CHANCNT is checked once it is open).
+fn channel_arg(s: &str) -> Result<u32, String> {
+    cli::int_in(0, 255, "")(s).map(|v| v as u32)
 }
 
 fn main() -> ExitCode {
@@ -180,8 +202,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             model_gbps,
             model_instant,
         } => {
-            if *min_size == 0 || min_size > max_size {
-                bail!("--min-size must be at least 1 and at most --max-size ({max_size})");
+            if min_size > max_size {
+                bail!("--min-size ({min_size}) must be at most --max-size ({max_size})");
             }
             if !model_gbps.is_finite() || *model_gbps <= 0.0 {
                 bail!("--model-gbps must be positive");

@@ -3,6 +3,9 @@
 //! `netrx-bench copy-sizes`: receive-core cost of a CPU copy vs handing it to I/OAT, by size.
 //! `netrx-bench policy`: the seed's NET_DMA experiment through the sans-IO copier, per policy.
 
+#[path = "../cli.rs"]
+mod cli;
+
 #[path = "../bench/mod.rs"]
 mod bench;
 
@@ -32,27 +35,28 @@ fn policy_kind(s: &str) -> Result<PolicyKind, String> {
 enum Cmd {
     /// Per-segment receive-core cost: CPU memcpy (cold and warm frames) vs submitting the copy
     /// to an I/OAT channel (descriptor + doorbell + reap), by size, with the break-even size.
+    #[command(allow_negative_numbers = true)]
     CopySizes {
         /// Sizes in bytes (K/M suffixes are 1024-based).
-        #[arg(long, value_parser = parse_size, value_delimiter = ',', default_value = "64,128,256,512,1024,1448,2048,4096,8192,8948,16K,32K,64K")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, value_delimiter = ',', default_value = "64,128,256,512,1024,1448,2048,4096,8192,8948,16K,32K,64K")]
         sizes: Vec<usize>,
-        /// Measuring time per size and method, milliseconds.
-        #[arg(long, default_value_t = 150)]
+        /// Measuring time per size and method, milliseconds (1..=60000).
+        #[arg(long, default_value_t = 150, value_parser = cli::int_in(1, 60_000, "ms"))]
         budget_ms: u64,
         /// Cold frame pool size (several times the last-level cache).
-        #[arg(long, value_parser = parse_size, default_value = "128M")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, default_value = "128M")]
         pool: usize,
-        /// Ops per doorbell in the batched column.
-        #[arg(long, default_value_t = 16)]
+        /// Ops per doorbell in the batched column (1..=1024).
+        #[arg(long, default_value_t = 16, value_parser = cli::usize_in(1, 1024, ""))]
         batch: usize,
-        /// Simulated device time per descriptor shown next to the costs, ns.
-        #[arg(long, default_value_t = 1500)]
+        /// Simulated device time per descriptor shown next to the costs, ns (0..=1000000000).
+        #[arg(long, default_value_t = 1500, value_parser = cli::int_in(0, 1_000_000_000, "ns"))]
         sim_per_desc_ns: u64,
         /// Simulated device rate shown next to the costs, GB/s.
         #[arg(long, default_value_t = 5.0)]
         sim_gbytes: f64,
         /// Receive buffer pinned per call in the pinning stand-in (0 = skip).
-        #[arg(long, value_parser = parse_size, default_value = "2M")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, default_value = "2M")]
         pin: usize,
         /// Machine-readable report on stdout (progress stays on stderr).
         #[arg(long)]
@@ -60,48 +64,49 @@ enum Cmd {
     },
     /// A synthetic stream through the copier under each policy with the seed's parameters;
     /// bytes by path, DMA ops, wakeups by reason, copy time, ratios against policy cpu.
+    #[command(allow_negative_numbers = true)]
     Policy {
         /// Segment payload sizes (1448 = MSS at MTU 1500, 8948 = MTU 9000).
-        #[arg(long, value_parser = parse_size, value_delimiter = ',', default_value = "1448,8948")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, value_delimiter = ',', default_value = "1448,8948")]
         seg: Vec<usize>,
         /// Copy policies to compare (cpu is the baseline of every ratio).
         #[arg(long, value_parser = policy_kind, value_delimiter = ',', default_value = "cpu,netdma,adaptive")]
         policies: Vec<PolicyKind>,
         /// SO_RCVLOWAT values (the seed: default 1, and 200 KB).
-        #[arg(long, value_parser = parse_size, value_delimiter = ',', default_value = "1,200K")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, value_delimiter = ',', default_value = "1,200K")]
         rcvlowat: Vec<usize>,
         /// recv() buffer length (iperf -l).
-        #[arg(long, value_parser = parse_size, default_value = "2M")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, default_value = "2M")]
         recv_len: usize,
         /// SO_RCVBUF (iperf -w).
-        #[arg(long, value_parser = parse_size, default_value = "250K")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, default_value = "250K")]
         rcvbuf: usize,
-        /// Payload per run, MiB.
-        #[arg(long, default_value_t = 128)]
+        /// Payload per run, MiB (1..=65536).
+        #[arg(long, default_value_t = 128, value_parser = cli::int_in(1, 65_536, "MiB"))]
         mib: u64,
-        /// Runs per configuration (medians are reported).
-        #[arg(long, default_value_t = 3)]
+        /// Runs per configuration (medians are reported), 1..=100.
+        #[arg(long, default_value_t = 3, value_parser = cli::usize_in(1, 100, ""))]
         repeats: usize,
-        /// Segments delivered per receive-core poll.
-        #[arg(long, default_value_t = 32)]
+        /// Segments delivered per receive-core poll (1..=4096).
+        #[arg(long, default_value_t = 32, value_parser = cli::usize_in(1, 4096, ""))]
         burst: usize,
         /// The sender sets PSH once per this many bytes.
-        #[arg(long, value_parser = parse_size, default_value = "128K")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, default_value = "128K")]
         psh_every: usize,
         /// Pace the sender to this link rate in Gbit/s (0 = unpaced, receive-core bound).
         #[arg(long, default_value_t = 0.0)]
         link_gbps: f64,
         /// tcp_dma_copybreak for policy netdma.
-        #[arg(long, value_parser = parse_size, default_value = "4096")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, default_value = "4096")]
         copybreak: usize,
-        /// Simulated model DMA time per descriptor, ns.
-        #[arg(long, default_value_t = 1500)]
+        /// Simulated model DMA time per descriptor, ns (0..=1000000000).
+        #[arg(long, default_value_t = 1500, value_parser = cli::int_in(0, 1_000_000_000, "ns"))]
         dma_per_desc_ns: u64,
         /// Simulated model DMA rate, GB/s.
         #[arg(long, default_value_t = 5.0)]
         dma_gbytes: f64,
         /// Cold frame pool size.
-        #[arg(long, value_parser = parse_size, default_value = "64M")]
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, default_value = "64M")]
         pool: usize,
         /// DMA engine: `model` (the I/OAT driver on the software model) or `ideal` (timing
         /// only, free doorbell, no bytes moved: the most favourable case for DMA).
@@ -244,6 +249,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(gbytes_to_bps(0.0).is_err());
+        // Negative and out-of-range numbers: the flag and the range, not "unexpected argument".
+        for (args, flag, want) in [
+            (&["policy", "--repeats", "-1"][..], "--repeats", "negative"),
+            (&["policy", "--mib", "0"][..], "--mib", "1..=65536"),
+            (&["policy", "--rcvbuf", "-250K"][..], "--rcvbuf", "negative"),
+            (
+                &["copy-sizes", "--budget-ms", "-5"][..],
+                "--budget-ms",
+                "negative",
+            ),
+            (
+                &["copy-sizes", "--sizes", "64,-1"][..],
+                "--sizes",
+                "negative",
+            ),
+        ] {
+            let e = Cli::try_parse_from(std::iter::once("netrx-bench").chain(args.iter().copied()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag) && e.contains(want), "{args:?}: {e}");
+        }
         assert_eq!(gbytes_to_bps(5.0).unwrap(), 5_000_000_000);
     }
 }

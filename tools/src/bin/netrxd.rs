@@ -1,6 +1,13 @@
 //! netrxd: TCP receive daemon on AF_XDP with I/OAT copy offload, its stats client, and the
 //! seed's NET_DMA experiment in one command (`netrxd demo`). See `docs/netrxd.md`.
 
+#[path = "../cli.rs"]
+mod cli;
+
+#[path = "../svg.rs"]
+#[allow(dead_code)]
+mod svg;
+
 #[path = "../netrxd/mod.rs"]
 #[allow(dead_code)]
 mod netrxd;
@@ -8,7 +15,7 @@ mod netrxd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use netrxd::config::{self, EngineSpec, FileConfig, FlagConfig, Settings};
@@ -51,12 +58,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The seed's experiment: iperf 2 (-w 250K -l 2M) against cpu, netdma, netdma + rcvlowat
-    /// 200 KB, adaptive and a kernel socket receiver, in private network namespaces (as root).
+    /// The seed's experiment: a kernel TCP sender with iperf 2's -w 250K -l 2M (iperf 2 when
+    /// installed, a built-in sender otherwise) against cpu, netdma, netdma + rcvlowat 200 KB,
+    /// adaptive and a kernel socket receiver, in private network namespaces (as root).
+    #[command(allow_negative_numbers = true)]
     Demo {
-        /// Seconds of iperf per configuration.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+        /// Seconds of sending per configuration and run (1..=600).
+        #[arg(long, default_value_t = 5, value_parser = cli::int_in(1, 600, "s"))]
         seconds: u64,
+        /// Runs per configuration (1..=20), interleaved; the table shows the median and the
+        /// min-max of the bandwidth.
+        #[arg(long, default_value_t = 1, value_parser = cli::int_in(1, 20, ""))]
+        repeats: u64,
+        /// auto (iperf 2 when installed, else the built-in sender), iperf, or builtin.
+        #[arg(long, default_value = "auto")]
+        sender: netrxd::sender::SenderChoice,
+        /// Also draw the table as an SVG picture into FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
         /// JSON on stdout instead of the table.
         #[arg(long)]
         json: bool,
@@ -64,25 +83,38 @@ enum Cmd {
         /// vfio-pci (`ioat-ctl bind BDF`).
         #[arg(long, default_value = "model")]
         engine: String,
-        /// Receive buffer of every receiver (default 250K, the seed's iperf -w).
-        #[arg(long, default_value = "250K")]
+        /// Receive buffer of every receiver, 4K..=1G (default 250K, the seed's iperf -w).
+        #[arg(long, default_value = "250K", allow_hyphen_values = true)]
         rcvbuf: String,
         /// Log level of the receive service during the demo.
         #[arg(long, default_value = "warn")]
         log: String,
     },
+    /// The demo's built-in sender (started by `netrxd demo` inside its sender namespace).
+    #[command(name = "__send-tcp", hide = true)]
+    SendTcp {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long)]
+        sndbuf: usize,
+        #[arg(long)]
+        len: usize,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
+#[command(allow_negative_numbers = true)]
 struct RunArgs {
     /// Interface to receive on.
     #[arg(long)]
     iface: Option<String>,
-    /// TCP port to receive.
-    #[arg(long)]
+    /// TCP port to receive (1..=65535).
+    #[arg(long, value_parser = port_arg)]
     port: Option<u16>,
-    /// RX queues to serve (0..N-1). Default 1.
-    #[arg(long)]
+    /// RX queues to serve (0..N-1), 1..=64. Default 1.
+    #[arg(long, value_parser = queues_arg)]
     queues: Option<u32>,
     /// cpu | model[:skx|bdx|icx] | BDF (a device bound with `ioat-ctl bind BDF`). Default cpu.
     #[arg(long)]
@@ -91,16 +123,16 @@ struct RunArgs {
     #[arg(long)]
     policy: Option<String>,
     /// Segments up to this size are copied by CPU (e.g. 4096, 4K).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     copybreak: Option<String>,
     /// Receive buffer (window) per connection (e.g. 250K, 2M).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     rcvbuf: Option<String>,
     /// Minimum bytes a receive waits for (SO_RCVLOWAT; e.g. 200K).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     rcvlowat: Option<String>,
     /// Bytes asked for per receive call (default 2M).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     recv_size: Option<String>,
     /// discard | dir:PATH (one file per connection, renamed into place on clean end of stream).
     #[arg(long)]
@@ -117,9 +149,22 @@ struct RunArgs {
     /// Unix stats socket (default /run/netrxd/IFACE-PORT.sock).
     #[arg(long)]
     stats_socket: Option<PathBuf>,
-    /// On SIGINT/SIGTERM, let open connections finish for this long before cutting them.
-    #[arg(long)]
+    /// On SIGINT/SIGTERM, let open connections finish for this long before cutting them
+    /// (0..=600000 ms).
+    #[arg(long, value_parser = cli::int_in(0, config::DRAIN_TIMEOUT_MAX_MS, "ms"))]
     drain_timeout_ms: Option<u64>,
+    /// Scatter-gather frames for jumbo MTUs: auto (on exactly when the interface's MTU needs
+    /// frames larger than 3840 bytes, i.e. MTU above 3822), on, or off. Default auto.
+    #[arg(long, value_name = "auto|on|off")]
+    sg: Option<String>,
+}
+
+fn port_arg(s: &str) -> Result<u16, String> {
+    cli::int_in(1, 65535, "")(s).map(|v| v as u16)
+}
+
+fn queues_arg(s: &str) -> Result<u32, String> {
+    cli::int_in(1, 64, "")(s).map(|v| v as u32)
 }
 
 fn init_logs(level: &str) {
@@ -164,6 +209,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 metrics: a.metrics,
                 stats_socket: a.stats_socket,
                 drain_timeout_ms: a.drain_timeout_ms,
+                sg: a.sg,
             };
             let s = Settings::merge(flags, file)?;
             init_logs(&s.log);
@@ -190,8 +236,26 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::SendTcp {
+            to,
+            sndbuf,
+            len,
+            seconds,
+        } => {
+            let r = netrxd::sender::send(&netrxd::sender::SendParams {
+                to,
+                sndbuf,
+                len,
+                seconds,
+            })?;
+            println!("{}", r.line());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Demo {
             seconds,
+            repeats,
+            sender,
+            svg,
             json,
             engine,
             rcvbuf,
@@ -199,12 +263,26 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         } => {
             init_logs(&log);
             let engine: EngineSpec = engine.parse()?;
-            let report = match netrxd::demo::run(netrxd::demo::DemoOpts {
+            let rcvbuf = config::parse_size(&rcvbuf).context("in --rcvbuf")?;
+            config::check_range("rcvbuf", rcvbuf, config::RCVBUF_MIN)?;
+            if let Some(p) = &svg {
+                // Fail now, not after the whole demo ran.
+                std::fs::write(p, "")
+                    .map_err(|e| anyhow!("--svg: cannot write {}: {e}", p.display()))?;
+            }
+            let result = netrxd::demo::run(netrxd::demo::DemoOpts {
                 seconds,
                 json,
                 engine,
-                rcvbuf: config::parse_size(&rcvbuf)?,
-            }) {
+                rcvbuf,
+                sender,
+                repeats: repeats as usize,
+            });
+            if let (Err(_), Some(p)) = (&result, &svg) {
+                // No picture: leave no empty file behind.
+                let _ = std::fs::remove_file(p);
+            }
+            let report = match result {
                 Ok(r) => r,
                 Err(e) if netrxd::signals::stop_requested() => {
                     eprintln!(
@@ -218,6 +296,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", netrxd::demo::render(&report));
+            }
+            if let Some(path) = svg {
+                std::fs::write(&path, netrxd::demo::render_svg(&report))
+                    .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+                eprintln!("netrxd demo: picture written to {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -84,7 +84,8 @@ impl Evictor {
     }
 }
 
-const BUF: usize = 4 << 20;
+/// The benchmark buffer: the largest transfer size (`--max-size`).
+pub const BUF: usize = 4 << 20;
 const MAX_BATCH: usize = 64;
 
 fn percentile(mut v: Vec<f64>, q: f64) -> f64 {

@@ -1,13 +1,9 @@
-//! A small hand-written SVG line plot of the bench results (no plotting crate).
+//! `ioat-ctl bench --svg`: bandwidth against transfer size, drawn with the shared SVG writer
+//! (`crate::svg`).
 
-use super::bench::BenchReport;
+use super::bench::{BenchReport, SizeResult};
 use super::size_str;
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
+use crate::svg::Svg;
 
 /// Bandwidth (GB/s, linear) against transfer size (log2 axis): DMA and CPU lines, and the
 /// crossover marked.
@@ -17,9 +13,7 @@ pub fn render(rep: &BenchReport) -> String {
     let pw = w - l - r;
     let ph = h - t - b;
     let rs = &rep.results;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
+    let mut s = Svg::new(w, h);
     let title = format!(
         "ioat-ctl bench {} (channel {}){}",
         rep.device,
@@ -30,14 +24,9 @@ pub fn render(rep: &BenchReport) -> String {
             ""
         }
     );
-    s.push_str(&format!(
-        "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
-        w / 2.0,
-        esc(&title)
-    ));
+    s.text(w / 2.0, 22.0, "middle", "font-size=\"15\"", &title);
     if rs.is_empty() {
-        s.push_str("</svg>\n");
-        return s;
+        return s.finish();
     }
     let x0 = (rs[0].size as f64).log2();
     let x1 = (rs[rs.len() - 1].size as f64).log2().max(x0 + 1.0);
@@ -50,94 +39,72 @@ pub fn render(rep: &BenchReport) -> String {
     let px = |size: u64| l + ((size as f64).log2() - x0) / (x1 - x0) * pw;
     let py = |v: f64| t + ph - v / ymax * ph;
     // Axes and grid.
-    s.push_str(&format!(
-        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n",
-        t + ph,
-        l + pw,
-        t + ph,
-        t + ph
-    ));
+    s.line((l, t + ph), (l + pw, t + ph), "black", "");
+    s.line((l, t), (l, t + ph), "black", "");
     for i in 0..=5 {
         let v = ymax / 1.1 * i as f64 / 5.0;
         let y = py(v);
-        s.push_str(&format!(
-            "<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}</text>\n",
-            l + pw,
-            l - 6.0,
-            y + 4.0
-        ));
+        s.line((l, y), (l + pw, y), "#ddd", "");
+        s.text(l - 6.0, y + 4.0, "end", "", &format!("{v:.2}"));
     }
     for r in rs {
         let x = px(r.size);
-        s.push_str(&format!(
-            "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"black\"/>\n<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"end\" transform=\"rotate(-35 {x:.1} {})\">{}</text>\n",
-            t + ph,
-            t + ph + 4.0,
-            t + ph + 16.0,
-            t + ph + 16.0,
-            esc(&size_str(r.size))
-        ));
+        s.line((x, t + ph), (x, t + ph + 4.0), "black", "");
+        let ty = t + ph + 16.0;
+        s.text(
+            x,
+            ty,
+            "end",
+            &format!("transform=\"rotate(-35 {x:.1} {ty:.1})\""),
+            &size_str(r.size),
+        );
     }
-    s.push_str(&format!(
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">transfer size</text>\n<text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">bandwidth (GB/s)</text>\n",
-        l + pw / 2.0,
-        h - 8.0,
-        t + ph / 2.0,
-        t + ph / 2.0
-    ));
+    s.text(l + pw / 2.0, h - 8.0, "middle", "", "transfer size");
+    let my = t + ph / 2.0;
+    s.text(
+        16.0,
+        my,
+        "middle",
+        &format!("transform=\"rotate(-90 16 {my:.1})\""),
+        "bandwidth (GB/s)",
+    );
     // Crossover marker.
     if let Some(c) = rep.crossover_bytes {
         let x = px(c);
-        s.push_str(&format!(
-            "<line x1=\"{x:.1}\" y1=\"{t}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\n<text x=\"{:.1}\" y=\"{}\" fill=\"#555\">crossover {}</text>\n",
-            t + ph,
+        s.line((x, t), (x, t + ph), "#888", "stroke-dasharray=\"4 3\"");
+        s.text(
             x + 4.0,
             t + 12.0,
-            esc(&size_str(c))
-        ));
+            "start",
+            "fill=\"#555\"",
+            &format!("crossover {}", size_str(c)),
+        );
     }
-    for (name, color, f) in [
-        (
-            "DMA",
-            "#d62728",
-            (|r: &super::bench::SizeResult| r.dma_gbps) as fn(&_) -> f64,
-        ),
-        ("CPU memcpy", "#1f77b4", |r: &super::bench::SizeResult| {
-            r.cpu_gbps
-        }),
-    ] {
-        let pts: Vec<String> = rs
-            .iter()
-            .map(|r| format!("{:.1},{:.1}", px(r.size), py(f(r))))
-            .collect();
-        s.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
-            pts.join(" ")
-        ));
-        for r in rs {
-            s.push_str(&format!(
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{color}\"/>\n",
-                px(r.size),
-                py(f(r))
-            ));
+    type Get = fn(&SizeResult) -> f64;
+    let series: [(&str, &str, Get); 2] = [
+        ("DMA", "#d62728", |r| r.dma_gbps),
+        ("CPU memcpy", "#1f77b4", |r| r.cpu_gbps),
+    ];
+    for (name, color, f) in series {
+        let pts: Vec<(f64, f64)> = rs.iter().map(|r| (px(r.size), py(f(r)))).collect();
+        s.polyline(&pts, color, 2.0);
+        for &(x, y) in &pts {
+            s.circle(x, y, 2.5, color);
         }
         let ly = if name == "DMA" { t + 8.0 } else { t + 24.0 };
-        s.push_str(&format!(
-            "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/>\n<text x=\"{}\" y=\"{}\">{}</text>\n",
-            l + pw - 130.0,
-            l + pw - 110.0,
-            l + pw - 104.0,
-            ly + 4.0,
-            esc(name)
-        ));
+        s.line(
+            (l + pw - 130.0, ly),
+            (l + pw - 110.0, ly),
+            color,
+            "stroke-width=\"2\"",
+        );
+        s.text(l + pw - 104.0, ly + 4.0, "start", "", name);
     }
-    s.push_str("</svg>\n");
-    s
+    s.finish()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::bench::{BenchReport, SizeResult};
     use super::*;
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
+use ioat_driver::discover::Bdf;
 use netrx::copy::PolicyKind;
 use serde::Deserialize;
 
@@ -50,8 +51,17 @@ impl FromStr for EngineSpec {
                 _ => bail!("unknown model preset {p:?}; use model:skx, model:bdx or model:icx"),
             };
         }
-        if s.split(',').all(looks_like_bdf) {
-            return Ok(EngineSpec::Device { bdf: s.into() });
+        if s.contains(':') {
+            // PCI addresses: the driver's one parser (`ioat_driver::discover::Bdf`, the same
+            // `ioat-ctl` uses), written back in canonical form (0000:00:04.0).
+            let bdfs = s
+                .split(',')
+                .map(|b| b.parse::<Bdf>().map(|b| b.to_string()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow!("--engine: {e}; bind it first with `ioat-ctl bind BDF`"))?;
+            return Ok(EngineSpec::Device {
+                bdf: bdfs.join(","),
+            });
         }
         bail!(
             "unknown engine {s:?}; use cpu, model[:skx|bdx|icx], or a PCI address like \
@@ -71,23 +81,37 @@ impl fmt::Display for EngineSpec {
     }
 }
 
-/// `DDDD:BB:DD.F` or `BB:DD.F`, hex digits.
-fn looks_like_bdf(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    let (bus, devfn) = match parts.as_slice() {
-        [d, b, df] if d.len() == 4 && d.chars().all(|c| c.is_ascii_hexdigit()) => (*b, *df),
-        [b, df] => (*b, *df),
-        _ => return false,
-    };
-    let Some((dev, func)) = devfn.split_once('.') else {
-        return false;
-    };
-    bus.len() == 2
-        && dev.len() == 2
-        && func.len() == 1
-        && [bus, dev, func]
-            .iter()
-            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+/// Scatter-gather frames (`XDP_USE_SG` with the frags-aware XDP program): needed when the
+/// interface's MTU makes frames larger than one 4 KiB UMEM frame holds (MTU above 3822).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SgMode {
+    /// On exactly when the interface's MTU needs it (checked when the service binds).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FromStr for SgMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "auto" => Ok(SgMode::Auto),
+            "on" => Ok(SgMode::On),
+            "off" => Ok(SgMode::Off),
+            other => bail!("unknown sg mode {other:?}; use auto, on or off"),
+        }
+    }
+}
+
+impl fmt::Display for SgMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SgMode::Auto => "auto",
+            SgMode::On => "on",
+            SgMode::Off => "off",
+        })
+    }
 }
 
 /// Where received bytes go.
@@ -127,6 +151,9 @@ impl fmt::Display for SinkSpec {
 /// A byte size: `262144`, `250K`, `250KB`, `2M`, `2MiB`, `1G` (K = 1024).
 pub fn parse_size(s: &str) -> Result<usize> {
     let t = s.trim();
+    if t.starts_with('-') {
+        bail!("size {s:?} is negative; use a byte count like 262144, 250K or 2M");
+    }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: usize = num
@@ -178,6 +205,8 @@ pub struct FileConfig {
     pub metrics: Option<String>,
     pub stats_socket: Option<PathBuf>,
     pub drain_timeout_ms: Option<u64>,
+    /// "auto" (default), "on" or "off".
+    pub sg: Option<String>,
 }
 
 impl FileConfig {
@@ -214,6 +243,7 @@ pub struct FlagConfig {
     pub metrics: Option<String>,
     pub stats_socket: Option<PathBuf>,
     pub drain_timeout_ms: Option<u64>,
+    pub sg: Option<String>,
 }
 
 /// The merged, validated settings.
@@ -234,7 +264,16 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     pub stats_socket: PathBuf,
     pub drain_timeout_ms: u64,
+    /// Scatter-gather frames (jumbo MTUs).
+    pub sg: SgMode,
 }
+
+/// Valid range of `rcvbuf`, `rcvlowat`, `copybreak` and `recv_size`, bytes.
+pub const SIZE_MAX: usize = 1 << 30;
+/// Smallest `rcvbuf`.
+pub const RCVBUF_MIN: usize = 4 << 10;
+/// Longest `drain_timeout_ms`.
+pub const DRAIN_TIMEOUT_MAX_MS: u64 = 600_000;
 
 /// A `--metrics` address: loopback only.
 pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr> {
@@ -287,6 +326,10 @@ impl Settings {
         if queues == 0 || queues > 64 {
             bail!("--queues must be 1..=64, got {queues}");
         }
+        let sg: SgMode = match pick(flags.sg, file.sg) {
+            Some(m) => m.parse().context("in --sg (or `sg` in the config file)")?,
+            None => SgMode::Auto,
+        };
         let engine: EngineSpec = match pick(flags.engine, file.engine) {
             Some(e) => e.parse()?,
             None => EngineSpec::Cpu,
@@ -312,13 +355,15 @@ impl Settings {
         let rcvlowat = size(flags.rcvlowat, file.rcvlowat, "rcvlowat")?;
         let recv_size =
             size(flags.recv_size, file.recv_size, "recv-size")?.unwrap_or(DEFAULT_RECV_SIZE);
-        if recv_size == 0 || recv_size > 1 << 30 {
-            bail!("--recv-size must be 1 byte ..= 1G, got {recv_size}");
-        }
+        check_range("recv-size", recv_size, 1)?;
         if let Some(b) = rcvbuf {
-            if b < 4096 {
-                bail!("--rcvbuf {b} is too small; use at least 4K");
-            }
+            check_range("rcvbuf", b, RCVBUF_MIN)?;
+        }
+        if let Some(b) = rcvlowat {
+            check_range("rcvlowat", b, 1)?;
+        }
+        if let Some(b) = copybreak {
+            check_range("copybreak", b, 0)?;
         }
         let sink: SinkSpec = match pick(flags.sink, file.sink) {
             Some(s) => s.parse()?,
@@ -332,6 +377,9 @@ impl Settings {
         let stats_socket = pick(flags.stats_socket, file.stats_socket)
             .unwrap_or_else(|| default_stats_socket(&iface, port));
         let drain_timeout_ms = pick(flags.drain_timeout_ms, file.drain_timeout_ms).unwrap_or(2000);
+        if drain_timeout_ms > DRAIN_TIMEOUT_MAX_MS {
+            bail!("--drain-timeout-ms must be 0..={DRAIN_TIMEOUT_MAX_MS}, got {drain_timeout_ms}");
+        }
         Ok(Settings {
             iface,
             port,
@@ -347,8 +395,26 @@ impl Settings {
             metrics,
             stats_socket,
             drain_timeout_ms,
+            sg,
         })
     }
+}
+
+/// `--KEY` in `min..=SIZE_MAX` bytes, or an error giving the range.
+pub fn check_range(key: &str, v: usize, min: usize) -> Result<()> {
+    if v < min || v > SIZE_MAX {
+        bail!(
+            "--{key} {v} is out of range; use {}..={} bytes ({}..=1G)",
+            min,
+            SIZE_MAX,
+            if min >= 1024 {
+                format!("{}K", min >> 10)
+            } else {
+                min.to_string()
+            }
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -363,6 +429,10 @@ mod tests {
         assert_eq!(parse_size("2M").unwrap(), 2 << 20);
         assert_eq!(parse_size("2MiB").unwrap(), 2 << 20);
         assert!(parse_size("2X").unwrap_err().to_string().contains("unit"));
+        assert!(parse_size("-1")
+            .unwrap_err()
+            .to_string()
+            .contains("negative"));
         assert!(parse_size("").is_err());
     }
 
@@ -387,9 +457,77 @@ mod tests {
                 bdf: "0000:00:04.0".into()
             }
         );
+        // One parser with ioat-ctl: a one-digit device number is accepted and written back in
+        // canonical form; a list is canonicalised element by element.
+        assert_eq!(
+            "0000:00:3.0".parse::<EngineSpec>().unwrap(),
+            EngineSpec::Device {
+                bdf: "0000:00:03.0".into()
+            }
+        );
+        assert_eq!(
+            "00:04.0,0000:00:04.1".parse::<EngineSpec>().unwrap(),
+            EngineSpec::Device {
+                bdf: "0000:00:04.0,0000:00:04.1".into()
+            }
+        );
+        let e = "0000:00:20.0"
+            .parse::<EngineSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DDDD:BB:DD.F"), "{e}");
         let e = "gpu".parse::<EngineSpec>().unwrap_err().to_string();
         assert!(e.contains("ioat-ctl bind"), "{e}");
         assert!("model:zzz".parse::<EngineSpec>().is_err());
+    }
+
+    #[test]
+    fn ranges_and_sg() {
+        let base = || FlagConfig {
+            iface: Some("eth0".into()),
+            port: Some(5001),
+            ..FlagConfig::default()
+        };
+        let err = |f: FlagConfig| {
+            format!(
+                "{:#}",
+                Settings::merge(f, FileConfig::default()).unwrap_err()
+            )
+        };
+        let e = err(FlagConfig {
+            rcvbuf: Some("99999999999999".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("--rcvbuf") && e.contains("4096..=1073741824"),
+            "{e}"
+        );
+        let e = err(FlagConfig {
+            rcvbuf: Some("-1".into()),
+            ..base()
+        });
+        assert!(e.contains("--rcvbuf") && e.contains("negative"), "{e}");
+        let e = err(FlagConfig {
+            rcvlowat: Some("0".into()),
+            ..base()
+        });
+        assert!(e.contains("--rcvlowat") && e.contains("1..="), "{e}");
+        let e = err(FlagConfig {
+            drain_timeout_ms: Some(u64::MAX),
+            ..base()
+        });
+        assert!(e.contains("0..=600000"), "{e}");
+        assert_eq!(
+            Settings::merge(base(), FileConfig::default()).unwrap().sg,
+            SgMode::Auto
+        );
+        let f = FileConfig::parse("sg = \"on\"").unwrap();
+        assert_eq!(Settings::merge(base(), f).unwrap().sg, SgMode::On);
+        let e = err(FlagConfig {
+            sg: Some("maybe".into()),
+            ..base()
+        });
+        assert!(e.contains("auto, on or off"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! `netrxd demo`: the seed's experiment in one command.
 //!
-//! Builds a sender and a receiver network namespace joined by a veth pair (the `netrx-tests`
-//! harness, torn down by `Drop` also on error or Ctrl-C), then for each receive configuration runs
-//! iperf 2 in the sender namespace with the seed's parameters (`-w 250K -l 2M`, time-bounded with
-//! `-t`) against a receiver in the receiver namespace, and prints one row per configuration.
+//! Builds a sender and a receiver network namespace joined by a veth pair ([`netrx::netns`],
+//! torn down by `Drop` also on error or Ctrl-C), then for each receive configuration runs a
+//! kernel-TCP sender in the sender namespace with the seed's parameters (iperf 2's `-w 250K -l 2M`,
+//! time-bounded with `-t`; the built-in sender of [`super::sender`] with the same parameters when
+//! iperf 2 is not installed) against a receiver in the receiver namespace, and prints one row per
+//! configuration (the median of `--repeats` runs, with min and max).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use netrx::copy::PolicyKind;
-use netrx_tests::netns::{LinkOpts, TwoHost, RECEIVER_ADDR};
+use netrx::netns::{LinkOpts, TwoHost, RECEIVER_ADDR};
 use serde::Serialize;
 
 use super::config::{EngineSpec, Settings, SinkSpec};
 use super::cputime;
 use super::rx::{pump, KernelListener, RxListener};
+use super::sender::{Sender, SenderChoice};
 use super::signals;
 use super::sink::SinkFactory;
 use super::stats::{CopyCounters, DaemonCounters};
@@ -30,7 +33,9 @@ pub const WINDOW: usize = 250 << 10;
 pub const BUF_LEN: usize = 2 << 20;
 /// NET_DMA's rcvlowat row of the seed (`sk_rcvlowat = 200 KB`).
 pub const LOWAT: usize = 200 << 10;
-const BASE_PORT: u16 = 5001;
+const BASE_PORT: u16 = 5000;
+/// The hidden `netrxd` subcommand that runs the built-in sender.
+pub const SEND_SUBCOMMAND: &str = "__send-tcp";
 
 #[derive(Clone, Debug)]
 pub struct DemoOpts {
@@ -39,6 +44,10 @@ pub struct DemoOpts {
     pub engine: EngineSpec,
     /// Receive buffer of every receiver (default [`WINDOW`], the seed's 250 KB).
     pub rcvbuf: usize,
+    /// iperf 2 or the built-in sender.
+    pub sender: SenderChoice,
+    /// Runs per configuration (interleaved: all configurations once, then again).
+    pub repeats: usize,
 }
 
 /// One configuration of the table.
@@ -98,7 +107,13 @@ fn cases() -> Vec<Case> {
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
     pub config: String,
+    /// Median over the runs.
     pub gbit_s: f64,
+    /// Lowest and highest of the runs (equal to `gbit_s` with one run).
+    pub gbit_s_min: f64,
+    pub gbit_s_max: f64,
+    /// Every run's Gbit/s, in run order.
+    pub runs_gbit_s: Vec<f64>,
     /// Receive-side copy time / CPU time of the receive threads, % (None: not measurable).
     pub copy_share_pct: Option<f64>,
     /// Payload bytes moved by DMA, % (None for the kernel row).
@@ -110,17 +125,22 @@ pub struct Row {
     pub bytes: u64,
     pub seconds: f64,
     pub wakeups: Option<[u64; 4]>,
-    /// iperf's own report line (sender side).
-    pub iperf: String,
+    /// The sender's own report line (iperf 2's, or the built-in sender's in the same shape), of
+    /// the last run.
+    pub sender_report: String,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub label: String,
     pub engine: String,
+    /// `iperf` or `builtin`.
+    pub sender_kind: String,
+    /// The sender and its parameters, as printed.
     pub sender: String,
     pub link: String,
     pub seconds_per_row: u64,
+    pub repeats: usize,
     pub rcvbuf: usize,
     pub rows: Vec<Row>,
 }
@@ -139,19 +159,36 @@ pub fn run(opts: DemoOpts) -> Result<Report> {
              or --engine BDF (bound to vfio-pci with `ioat-ctl bind BDF`)"
         ),
     };
-    let sender = format!(
-        "iperf -c {RECEIVER_ADDR} -w 250K -l 2M -t {} (iperf 2, kernel TCP)",
-        opts.seconds
-    );
+    let sender_used = super::sender::choose(opts.sender)?;
+    let sender = match sender_used {
+        Sender::Iperf2 => format!(
+            "iperf -c {RECEIVER_ADDR} -w 250K -l 2M -t {} ({}, kernel TCP)",
+            opts.seconds,
+            super::sender::iperf2_version().unwrap_or_else(|| "iperf 2".into())
+        ),
+        Sender::Builtin => format!(
+            "netrxd's built-in kernel-TCP sender to {RECEIVER_ADDR}: SO_SNDBUF {WINDOW}, {BUF_LEN}-byte \
+             writes, {} s (iperf 2's -w 250K -l 2M -t {}; {})",
+            opts.seconds,
+            opts.seconds,
+            if opts.sender == SenderChoice::Builtin {
+                "chosen with --sender builtin"
+            } else {
+                "iperf 2 is not installed"
+            }
+        ),
+    };
     let link = "veth between two network namespaces, MTU 1500; sender TSO/GSO and TX checksum \
                 offload off for every row (native XDP on veth forces the peer's TSO off, so the \
                 kernel row runs under the same sender conditions)"
         .to_string();
+    let repeats = opts.repeats.max(1);
     progress(&format!(
-        "netrxd demo: {} configurations x {} s; {label}",
+        "{} configurations x {} s x {repeats} run(s); {label}",
         cases().len(),
         opts.seconds
     ));
+    progress(&format!("sender: {sender}"));
     progress("setting up network namespaces and a veth pair ...");
     let topo = TwoHost::new(&LinkOpts {
         sender_tx_csum_off: true,
@@ -159,33 +196,38 @@ pub fn run(opts: DemoOpts) -> Result<Report> {
         ..LinkOpts::default()
     })
     .context("cannot create the demo's network namespaces and veth pair (run as root)")?;
-    let mut rows = Vec::new();
     let all = cases();
-    for (i, case) in all.iter().enumerate() {
-        if signals::stop_requested() {
-            break;
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); all.len()];
+    let total = all.len() * repeats;
+    'outer: for rep in 0..repeats {
+        for (i, case) in all.iter().enumerate() {
+            if signals::stop_requested() {
+                break 'outer;
+            }
+            let n = rep * all.len() + i + 1;
+            progress(&format!(
+                "[{n}/{total}] {}: {} s of {} ...",
+                case.name,
+                opts.seconds,
+                sender_used.kind()
+            ));
+            // A fresh port per run: no TIME_WAIT or late segment of an earlier run can interfere.
+            let port = BASE_PORT + n as u16;
+            let run = run_case(&topo, case, port, &opts, sender_used)
+                .with_context(|| format!("configuration `{}` failed", case.name))?;
+            progress(&format!(
+                "[{n}/{total}] {}: {:.2} Gbit/s ({} bytes in {:.2} s)",
+                case.name, run.gbit_s, run.bytes, run.seconds
+            ));
+            runs[i].push(run);
         }
-        progress(&format!(
-            "[{}/{}] {}: {} s of iperf ...",
-            i + 1,
-            all.len(),
-            case.name,
-            opts.seconds
-        ));
-        let port = BASE_PORT + i as u16;
-        let row = run_case(&topo, case, port, &opts)
-            .with_context(|| format!("configuration `{}` failed", case.name))?;
-        progress(&format!(
-            "[{}/{}] {}: {:.2} Gbit/s ({} bytes in {:.2} s)",
-            i + 1,
-            all.len(),
-            case.name,
-            row.gbit_s,
-            row.bytes,
-            row.seconds
-        ));
-        rows.push(row);
     }
+    let rows: Vec<Row> = all
+        .iter()
+        .zip(runs)
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(c, r)| aggregate(c.name, r))
+        .collect();
     drop(topo);
     if signals::stop_requested() {
         bail!("interrupted; namespaces, veth and XDP cleaned up");
@@ -193,9 +235,11 @@ pub fn run(opts: DemoOpts) -> Result<Report> {
     Ok(Report {
         label,
         engine: opts.engine.to_string(),
+        sender_kind: sender_used.kind().to_string(),
         sender,
         link,
         seconds_per_row: opts.seconds,
+        repeats,
         rcvbuf: opts.rcvbuf,
         rows,
     })
@@ -210,20 +254,16 @@ fn preflight() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("netrxd demo needs root (it creates network namespaces and attaches XDP); run it with sudo");
     }
-    for (tool, pkg) in [
-        ("ip", "iproute2"),
-        ("iperf", "iperf"),
-        ("ethtool", "ethtool"),
-    ] {
-        let found = std::process::Command::new(tool)
-            .arg(if tool == "iperf" { "-v" } else { "-V" })
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            bail!("`{tool}` not found; install it: apt-get install -y {pkg}");
-        }
+    // `ip` (iproute2) builds the namespaces and the veth pair; offloads are set by ioctl and the
+    // sender is iperf 2 or built in, so nothing else is needed.
+    let found = std::process::Command::new("ip")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        bail!("`ip` not found; install it: apt-get install -y iproute2");
     }
     Ok(())
 }
@@ -242,7 +282,72 @@ struct RecvResult {
     rx_cpu_ns: u64,
 }
 
-fn run_case(topo: &TwoHost, case: &Case, port: u16, opts: &DemoOpts) -> Result<Row> {
+/// One run of one configuration.
+#[derive(Clone, Debug)]
+struct Run {
+    gbit_s: f64,
+    copy_share_pct: Option<f64>,
+    dma_share_pct: Option<f64>,
+    mean_dma_bytes: Option<f64>,
+    rx_cpu_pct: f64,
+    bytes: u64,
+    seconds: f64,
+    wakeups: Option<[u64; 4]>,
+    sender_report: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = v.flatten().collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+/// A row from the runs of one configuration: every column is the median over the runs
+/// (bytes and seconds summed, wakeups summed), with the bandwidth's min and max.
+fn aggregate(name: &str, runs: Vec<Run>) -> Row {
+    let g: Vec<f64> = runs.iter().map(|r| r.gbit_s).collect();
+    let wakeups = runs.iter().filter_map(|r| r.wakeups).reduce(|a, b| {
+        let mut s = a;
+        for (x, y) in s.iter_mut().zip(b) {
+            *x += y;
+        }
+        s
+    });
+    Row {
+        config: name.to_string(),
+        gbit_s: median(g.clone()),
+        gbit_s_min: g.iter().copied().fold(f64::INFINITY, f64::min),
+        gbit_s_max: g.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        copy_share_pct: median_opt(runs.iter().map(|r| r.copy_share_pct)),
+        dma_share_pct: median_opt(runs.iter().map(|r| r.dma_share_pct)),
+        mean_dma_bytes: median_opt(runs.iter().map(|r| r.mean_dma_bytes)),
+        rx_cpu_pct: median(runs.iter().map(|r| r.rx_cpu_pct).collect()),
+        bytes: runs.iter().map(|r| r.bytes).sum(),
+        seconds: runs.iter().map(|r| r.seconds).sum(),
+        wakeups,
+        sender_report: runs
+            .last()
+            .map(|r| r.sender_report.clone())
+            .unwrap_or_default(),
+        runs_gbit_s: g,
+    }
+}
+
+fn run_case(
+    topo: &TwoHost,
+    case: &Case,
+    port: u16,
+    opts: &DemoOpts,
+    sender: Sender,
+) -> Result<Run> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
     let abort = Arc::new(AtomicBool::new(false));
     let kind = case.kind.clone();
@@ -281,6 +386,7 @@ fn run_case(topo: &TwoHost, case: &Case, port: u16, opts: &DemoOpts) -> Result<R
                         metrics: None,
                         stats_socket: Default::default(),
                         drain_timeout_ms: 0,
+                        sg: super::config::SgMode::Auto,
                     };
                     super::rx_netrx::bind(&s)
                 }
@@ -386,37 +492,63 @@ fn run_case(topo: &TwoHost, case: &Case, port: u16, opts: &DemoOpts) -> Result<R
     let secs = opts.seconds.to_string();
     let addr = RECEIVER_ADDR.to_string();
     let p = port.to_string();
-    let iperf = topo.sender.spawn(
-        "iperf",
-        &[
-            "-c", &addr, "-p", &p, "-w", "250K", "-l", "2M", "-t", &secs, "-e",
-        ],
-    );
-    let iperf = match iperf {
+    let (prog, args): (String, Vec<String>) = match sender {
+        Sender::Iperf2 => (
+            "iperf".into(),
+            [
+                "-c", &addr, "-p", &p, "-w", "250K", "-l", "2M", "-t", &secs, "-e",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        // This very binary (even if the file was rebuilt meanwhile), in the sender namespace.
+        Sender::Builtin => (
+            format!("/proc/{}/exe", std::process::id()),
+            vec![
+                SEND_SUBCOMMAND.into(),
+                "--to".into(),
+                format!("{addr}:{p}"),
+                "--sndbuf".into(),
+                WINDOW.to_string(),
+                "--len".into(),
+                BUF_LEN.to_string(),
+                "--seconds".into(),
+                secs.clone(),
+            ],
+        ),
+    };
+    let name = sender.kind();
+    let child = match topo.sender.spawn(&prog, &args) {
         Ok(c) => c,
         Err(e) => {
             abort.store(true, Ordering::Relaxed);
             let _ = receiver.join();
-            bail!("cannot start iperf: {e} (apt-get install -y iperf)");
+            bail!("cannot start the sender ({name}): {e}");
         }
     };
-    let out = iperf.wait_timeout(Duration::from_secs(opts.seconds + 30));
+    let out = child.wait_timeout(Duration::from_secs(opts.seconds + 30));
     let rr = receiver
         .join()
         .map_err(|_| anyhow!("the receiver thread panicked"))?;
-    let out = out.context("iperf did not finish")?;
+    let out = out.with_context(|| format!("the sender ({name}) did not finish"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let rr = rr.with_context(|| format!("iperf said: {}{}", stdout.trim(), stderr.trim()))?;
+    let rr = rr.with_context(|| {
+        format!(
+            "the sender ({name}) said: {}{}",
+            stdout.trim(),
+            stderr.trim()
+        )
+    })?;
     if !out.status.success() {
         bail!(
-            "iperf failed ({}): {}{}",
+            "the sender ({name}) failed ({}): {}{}",
             out.status,
             stdout.trim(),
             stderr.trim()
         );
     }
-    let iperf_line = stdout
+    let sender_line = stdout
         .lines()
         .rev()
         .find(|l| l.contains("bits/sec"))
@@ -435,8 +567,7 @@ fn run_case(topo: &TwoHost, case: &Case, port: u16, opts: &DemoOpts) -> Result<R
         ),
         None => (None, None, None, None),
     };
-    Ok(Row {
-        config: case.name.to_string(),
+    Ok(Run {
         gbit_s,
         copy_share_pct,
         dma_share_pct,
@@ -445,7 +576,7 @@ fn run_case(topo: &TwoHost, case: &Case, port: u16, opts: &DemoOpts) -> Result<R
         bytes: rr.bytes,
         seconds: secs,
         wakeups,
-        iperf: iperf_line,
+        sender_report: sender_line,
     })
 }
 
@@ -468,22 +599,32 @@ pub fn render(r: &Report) -> String {
         r.rcvbuf * 2,
         r.rcvbuf * 2
     ));
-    s.push_str(&format!("engine: {}\n\n", r.label));
+    s.push_str(&format!("engine: {}\n", r.label));
+    if r.repeats > 1 {
+        s.push_str(&format!(
+            "runs:   {} per configuration, interleaved; each column is the median, min-max of the \
+             bandwidth beside it\n",
+            r.repeats
+        ));
+    }
+    s.push('\n');
     let head = [
         "configuration",
         "Gbit/s",
+        "min-max",
         "copy share",
         "DMA share",
         "mean DMA size",
         "rx CPU",
     ];
-    let body: Vec<[String; 6]> = r
+    let body: Vec<[String; 7]> = r
         .rows
         .iter()
         .map(|x| {
             [
                 x.config.clone(),
                 format!("{:.2}", x.gbit_s),
+                format!("{:.2}-{:.2}", x.gbit_s_min, x.gbit_s_max),
                 opt(x.copy_share_pct, 1, " %"),
                 opt(x.dma_share_pct, 1, " %"),
                 opt(x.mean_dma_bytes, 0, " B"),
@@ -491,7 +632,25 @@ pub fn render(r: &Report) -> String {
             ]
         })
         .collect();
-    let mut w = head.map(|h| h.len());
+    // With one run the min-max column says nothing: leave it out.
+    let keep = |i: usize| i != 2 || r.repeats > 1;
+    let head: Vec<&str> = head
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(_, h)| *h)
+        .collect();
+    let body: Vec<Vec<String>> = body
+        .into_iter()
+        .map(|b| {
+            b.into_iter()
+                .enumerate()
+                .filter(|(i, _)| keep(*i))
+                .map(|(_, c)| c)
+                .collect()
+        })
+        .collect();
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for b in &body {
         for (i, c) in b.iter().enumerate() {
             w[i] = w[i].max(c.len());
@@ -508,8 +667,10 @@ pub fn render(r: &Report) -> String {
         }
         l.trim_end().to_string() + "\n"
     };
-    s.push_str(&line(&head.map(String::from)));
-    s.push_str(&line(&w.map(|n| "-".repeat(n))));
+    s.push_str(&line(
+        &head.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    ));
+    s.push_str(&line(&w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>()));
     for b in &body {
         s.push_str(&line(b));
     }
@@ -521,6 +682,154 @@ pub fn render(r: &Report) -> String {
     s
 }
 
+/// The table as a picture: for each configuration, bandwidth (median bar, min-max whisker),
+/// copy share and DMA share, as three bar panels side by side, with the run's conditions.
+pub fn render_svg(r: &Report) -> String {
+    use crate::svg::{nice_max, Svg};
+    let n = r.rows.len().max(1) as f64;
+    let (label_w, panel_w, gap) = (190.0, 210.0, 30.0);
+    let (top, row_h, bottom) = (118.0, 34.0, 96.0);
+    let w = label_w + 3.0 * panel_w + 2.0 * gap + 40.0;
+    let h = top + n * row_h + bottom;
+    let mut s = Svg::new(w, h);
+    s.text(
+        14.0,
+        24.0,
+        "start",
+        "font-size=\"16\" font-weight=\"bold\"",
+        "netrxd demo: receive bandwidth and copy paths per configuration",
+    );
+    let runs = if r.repeats > 1 {
+        format!(
+            "{} runs of {} s per configuration (interleaved): bar = median, whisker = min-max",
+            r.repeats, r.seconds_per_row
+        )
+    } else {
+        format!(
+            "1 run of {} s per configuration (no spread shown; use --repeats N for min-max whiskers)",
+            r.seconds_per_row
+        )
+    };
+    for (k, line) in [
+        format!("sender: {}", r.sender),
+        "link: veth between two network namespaces, MTU 1500, sender TSO/GSO and TX checksum offload off".to_string(),
+        format!("engine: {}; rcvbuf {} bytes per receiver", r.label, r.rcvbuf * 2),
+        runs,
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.text(14.0, 44.0 + 15.0 * k as f64, "start", "font-size=\"11\" fill=\"#444\"", line);
+    }
+    let gmax = r
+        .rows
+        .iter()
+        .map(|x| x.gbit_s_max.max(x.gbit_s))
+        .fold(0.0f64, f64::max);
+    type Get = fn(&Row) -> Option<f64>;
+    let panels: [(&str, f64, &str, Get); 3] = [
+        ("bandwidth (Gbit/s)", nice_max(gmax).0, "#1f77b4", |x| {
+            Some(x.gbit_s)
+        }),
+        ("copy share (% of rx CPU)", 100.0, "#ff7f0e", |x| {
+            x.copy_share_pct
+        }),
+        ("DMA share (% of bytes)", 100.0, "#2ca02c", |x| {
+            x.dma_share_pct
+        }),
+    ];
+    let plot_bottom = top + n * row_h;
+    for (p, (title, max, color, get)) in panels.iter().enumerate() {
+        let x0 = label_w + p as f64 * (panel_w + gap);
+        let px = |v: f64| x0 + (v / max).clamp(0.0, 1.0) * panel_w;
+        s.text(
+            x0 + panel_w / 2.0,
+            top - 12.0,
+            "middle",
+            "font-weight=\"bold\"",
+            title,
+        );
+        let step = if p == 0 { nice_max(gmax).1 } else { 20.0 };
+        let mut v = 0.0;
+        while v <= max + 1e-9 {
+            let x = px(v);
+            s.line((x, top - 4.0), (x, plot_bottom), "#e4e4e4", "");
+            let txt = if p == 0 {
+                format!("{v}")
+            } else {
+                format!("{v:.0}")
+            };
+            s.text(x, plot_bottom + 14.0, "middle", "font-size=\"10\"", &txt);
+            v += step;
+        }
+        s.line((x0, top - 4.0), (x0, plot_bottom), "black", "");
+        for (i, row) in r.rows.iter().enumerate() {
+            let y = top + i as f64 * row_h;
+            let bar_y = y + 8.0;
+            let bar_h = row_h - 16.0;
+            match get(row) {
+                Some(v) => {
+                    s.rect(x0, bar_y, px(v) - x0, bar_h, color);
+                    let label = if p == 0 {
+                        format!("{v:.2}")
+                    } else {
+                        format!("{v:.1} %")
+                    };
+                    let mut lx = px(v) + 4.0;
+                    if p == 0 && r.repeats > 1 {
+                        let (a, b) = (px(row.gbit_s_min), px(row.gbit_s_max));
+                        let cy = bar_y + bar_h / 2.0;
+                        s.line((a, cy), (b, cy), "black", "stroke-width=\"1.5\"");
+                        s.line(
+                            (a, cy - 5.0),
+                            (a, cy + 5.0),
+                            "black",
+                            "stroke-width=\"1.5\"",
+                        );
+                        s.line(
+                            (b, cy - 5.0),
+                            (b, cy + 5.0),
+                            "black",
+                            "stroke-width=\"1.5\"",
+                        );
+                        lx = lx.max(b + 4.0);
+                    }
+                    if lx + 44.0 > x0 + panel_w + gap {
+                        // No room right of the bar: the value goes inside its end.
+                        let attrs = "font-size=\"11\" fill=\"white\"";
+                        s.text(px(v) - 4.0, bar_y + bar_h - 3.0, "end", attrs, &label);
+                    } else {
+                        s.text(lx, bar_y + bar_h - 3.0, "start", "font-size=\"11\"", &label);
+                    }
+                }
+                None => s.text(
+                    x0 + 4.0,
+                    bar_y + bar_h - 3.0,
+                    "start",
+                    "font-size=\"11\" fill=\"#777\"",
+                    "n/a",
+                ),
+            }
+        }
+    }
+    for (i, row) in r.rows.iter().enumerate() {
+        let y = top + i as f64 * row_h + row_h / 2.0 + 4.0;
+        s.text(label_w - 10.0, y, "end", "", &row.config);
+    }
+    let foot = plot_bottom + 40.0;
+    for (k, line) in [
+        "copy share: receive-side time spent copying or driving DMA / CPU time of the receive threads;",
+        "n/a for the kernel socket, whose copy runs inside recv(). DMA share: payload bytes moved by DMA.",
+        "Bandwidth measured at the receiver, first byte to end of stream.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.text(14.0, foot + 14.0 * k as f64, "start", "font-size=\"11\" fill=\"#444\"", line);
+    }
+    s.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,14 +839,19 @@ mod tests {
         let r = Report {
             label: "DMA timing simulated by the device model".into(),
             engine: "model:skx".into(),
-            sender: "iperf".into(),
+            sender_kind: "builtin".into(),
+            sender: "built-in".into(),
             link: "veth".into(),
             seconds_per_row: 3,
+            repeats: 1,
             rcvbuf: WINDOW,
             rows: vec![
                 Row {
                     config: "netdma".into(),
                     gbit_s: 1.5,
+                    gbit_s_min: 1.5,
+                    gbit_s_max: 1.5,
+                    runs_gbit_s: vec![1.5],
                     copy_share_pct: Some(20.0),
                     dma_share_pct: Some(50.0),
                     mean_dma_bytes: Some(1448.0),
@@ -545,11 +859,14 @@ mod tests {
                     bytes: 1,
                     seconds: 3.0,
                     wakeups: None,
-                    iperf: String::new(),
+                    sender_report: String::new(),
                 },
                 Row {
                     config: "kernel socket".into(),
                     gbit_s: 2.0,
+                    gbit_s_min: 2.0,
+                    gbit_s_max: 2.0,
+                    runs_gbit_s: vec![2.0],
                     copy_share_pct: None,
                     dma_share_pct: None,
                     mean_dma_bytes: None,
@@ -557,7 +874,7 @@ mod tests {
                     bytes: 1,
                     seconds: 3.0,
                     wakeups: None,
-                    iperf: String::new(),
+                    sender_report: String::new(),
                 },
             ],
         };
@@ -565,5 +882,37 @@ mod tests {
         assert!(t.contains("simulated by the device model"), "{t}");
         assert!(t.contains("1448 B"), "{t}");
         assert!(t.contains("n/a"), "{t}");
+        assert!(!t.contains("min-max"), "one run, no min-max column: {t}");
+        let svg = render_svg(&r);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(
+            svg.contains("kernel socket") && svg.contains("n/a"),
+            "{svg}"
+        );
+        assert!(svg.contains("use --repeats N"), "{svg}");
+    }
+
+    #[test]
+    fn repeats_aggregate_to_median_and_range() {
+        let run = |g: f64, dma: f64| Run {
+            gbit_s: g,
+            copy_share_pct: Some(10.0),
+            dma_share_pct: Some(dma),
+            mean_dma_bytes: None,
+            rx_cpu_pct: 50.0,
+            bytes: 10,
+            seconds: 1.0,
+            wakeups: Some([1, 0, 0, 0]),
+            sender_report: format!("{g}"),
+        };
+        let row = aggregate("cpu", vec![run(2.0, 0.0), run(1.0, 4.0), run(3.0, 2.0)]);
+        assert_eq!(row.gbit_s, 2.0);
+        assert_eq!((row.gbit_s_min, row.gbit_s_max), (1.0, 3.0));
+        assert_eq!(row.runs_gbit_s, vec![2.0, 1.0, 3.0]);
+        assert_eq!(row.dma_share_pct, Some(2.0));
+        assert_eq!(row.mean_dma_bytes, None);
+        assert_eq!(row.bytes, 30);
+        assert_eq!(row.wakeups, Some([3, 0, 0, 0]));
+        assert_eq!(median(vec![1.0, 4.0]), 2.5);
     }
 }

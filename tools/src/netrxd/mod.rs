@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod demo;
 pub mod rx;
 pub mod rx_netrx;
+pub mod sender;
 pub mod signals;
 pub mod sink;
 pub mod stats;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use netrx::service::{EngineKind, Listener, RegisteredBuf, ServiceConfig, Stream};
 
-use super::config::{EngineSpec, Settings};
+use super::config::{EngineSpec, Settings, SgMode};
 use super::rx::{RxConn, RxListener};
 use super::stats::CopyCounters;
 
@@ -53,16 +53,48 @@ pub fn service_config(s: &Settings) -> Result<ServiceConfig> {
     }
     cfg.rcvlowat = s.rcvlowat.unwrap_or(1).max(1);
     cfg.pool_buffer_size = s.recv_size;
+    cfg.socket.sg = match s.sg {
+        SgMode::On => true,
+        SgMode::Off => false,
+        // The interface's MTU in this thread's namespace; when it cannot be read, bind reports
+        // the missing interface.
+        SgMode::Auto => netrx::xsk::iface::lookup(&s.iface)
+            .map(|i| sg_needed(i.mtu, &cfg.socket))
+            .unwrap_or(false),
+    };
     // Keep the pool's memory bounded (pool_buffers x recv_size bytes, mapped once).
     cfg.pool_buffers = ((256usize << 20) / s.recv_size.max(1)).clamp(4, 64);
     Ok(cfg)
+}
+
+/// Whether frames of an interface with this MTU need scatter-gather: the largest frame (MTU +
+/// Ethernet header + one VLAN tag) does not fit one UMEM frame after the XDP headroom.
+pub fn sg_needed(mtu: u32, socket: &netrx::xsk::SocketConfig) -> bool {
+    netrx::xsk::check_mtu("", mtu, socket, true).is_err()
+}
+
+/// Rewrites the receive library's advice into what a daemon user can do: the library names its
+/// API field (`SocketConfig.sg = true`), the daemon's users have `--sg on` / `sg = "on"`.
+pub fn daemon_advice(msg: &str) -> String {
+    msg.replace(
+        "SocketConfig.sg = true",
+        "`--sg on` or `sg = \"on\"` in the config file",
+    )
 }
 
 /// Binds the service on `s.iface`/`s.port` with the engine, policy and per-stream options of `s`.
 /// Must run on a thread inside the interface's network namespace.
 pub fn bind(s: &Settings) -> Result<Box<dyn RxListener>> {
     let cfg = service_config(s)?;
-    let l = Listener::bind(cfg).map_err(|e| anyhow!("{e}"))?;
+    let sg = cfg.socket.sg;
+    let l = Listener::bind(cfg).map_err(|e| {
+        let mut m = daemon_advice(&e.to_string());
+        if s.sg == SgMode::Off && m.contains("scatter-gather") {
+            m.push_str(" (this daemon runs with --sg off; the default, --sg auto, turns it on when the MTU needs it)");
+        }
+        anyhow!("{m}")
+    })?;
+    tracing::info!(sg, sg_mode = %s.sg, "frames: scatter-gather {}", if sg { "on" } else { "off" });
     tracing::info!(mode = ?l.xdp_mode(), queues = ?l.queues(), engine = %l.engine(), policy = %l.policy(), "netrx service bound");
     Ok(Box::new(NetrxListener {
         l,
