@@ -354,6 +354,12 @@ fn unmapped_source_halts_and_recovers() {
     // point of this test, anything else is not.
     let v = m.take_violations();
     assert!(v.iter().all(|v| v.rule == "E10"), "{v:?}");
+    // A device error the hardware reports, not misuse.
+    assert!(
+        v.iter()
+            .all(|v| v.class == ioat_driver::model::FaultClass::DeviceError),
+        "{v:?}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod model_common;
 use std::time::{Duration, Instant};
 
 use ioat_driver::desc::{op, Ctl, HwDescriptor, DESC_SIZE};
-use ioat_driver::model::{Fault, ModelConfig, ModelDevice, Preset, RuleTag, Timing};
+use ioat_driver::model::{Fault, FaultClass, ModelConfig, ModelDevice, Preset, RuleTag, Timing};
 use ioat_driver::regs::{chancmd, chanctrl, chanerr, chansts, ChanState, RegisterAccess};
 use model_common::*;
 
@@ -119,6 +119,8 @@ fn expect_fault(mut r: Rig, d: HwDescriptor, bit: u32, rule: &str) {
     );
     let v = r.dev.take_violations();
     assert_eq!(rules(&v), [rule], "{v:#?}");
+    // The hardware reports every descriptor fault itself (CHANERR and a halt).
+    assert_eq!(v[0].class, FaultClass::DeviceError, "{v:#?}");
     assert_eq!(v[0].iova, Some(r.desc_iova(1)));
     assert_eq!(r.dev.stats(0).halts, 1);
     // Halted: further doorbells do nothing.
@@ -271,16 +273,96 @@ fn fault_fill_without_capability() {
     expect_fault(r, d, chanerr::CONTROL, "O5");
 }
 
+/// Page-break descriptors (hardware rule O8, FreeBSD's `ioat_copy_8k_aligned`): the bytes
+/// after the first 4 KiB boundary continue at next_src_addr (+0x20) / next_dest_addr (+0x28).
 #[test]
-fn fault_page_break_bits() {
-    let r = rig();
-    let d = HwDescriptor::copy(
-        64,
+fn page_break_descriptors_join_two_pages() {
+    let mut r = rig();
+    r.data.fill_pattern(0, 16 * 4096, 5);
+    // FreeBSD's shape: 8 KiB from two separate source pages to two separate destination pages.
+    let mut d = HwDescriptor::copy(
+        8192,
         r.data.iova(0),
-        r.data.iova(64),
+        r.data.iova(32 * 4096),
+        Ctl::copy()
+            .with(Ctl::SRC_BRK, true)
+            .with(Ctl::DEST_BRK, true),
+    );
+    d.rsv1 = r.data.iova(5 * 4096); // next_src_addr
+    d.rsv2 = r.data.iova(40 * 4096); // next_dest_addr
+    r.submit(d);
+    // Unaligned: the source breaks 100 bytes before its page end, the destination does not.
+    let mut e = HwDescriptor::copy(
+        3000,
+        r.data.iova(4096 - 100),
+        r.data.iova(50 * 4096 + 7),
         Ctl::copy().with(Ctl::SRC_BRK, true),
     );
-    expect_fault(r, d, chanerr::CONTROL, "O8");
+    e.rsv1 = r.data.iova(9 * 4096 + 64);
+    r.submit(e);
+    // Both sides break, at different offsets: three segments.
+    let mut g = HwDescriptor::copy(
+        6000,
+        r.data.iova(80 * 4096 + 100),
+        r.data.iova(90 * 4096 + 2000),
+        Ctl::copy()
+            .with(Ctl::SRC_BRK, true)
+            .with(Ctl::DEST_BRK, true),
+    );
+    g.rsv1 = r.data.iova(100 * 4096);
+    g.rsv2 = r.data.iova(110 * 4096);
+    r.data.fill_pattern(80 * 4096, 4096, 11);
+    r.data.fill_pattern(100 * 4096, 4096, 12);
+    r.submit(g);
+    // A fill across a destination break keeps the pattern's phase.
+    let mut f = HwDescriptor::fill(
+        200,
+        0x0102_0304_0506_0708,
+        r.data.iova(60 * 4096 - 13),
+        Ctl::fill().with(Ctl::DEST_BRK, true).compl_write(true),
+    );
+    f.rsv2 = r.data.iova(70 * 4096);
+    r.submit(f);
+    r.wait_done();
+    assert_eq!(r.data.read(32 * 4096, 4096), r.data.read(0, 4096));
+    assert_eq!(r.data.read(40 * 4096, 4096), r.data.read(5 * 4096, 4096));
+    let mut want = r.data.read(4096 - 100, 100);
+    want.extend(r.data.read(9 * 4096 + 64, 2900));
+    assert_eq!(r.data.read(50 * 4096 + 7, 3000), want);
+    let mut src = r.data.read(80 * 4096 + 100, 3996);
+    src.extend(r.data.read(100 * 4096, 2004));
+    let mut dst = r.data.read(90 * 4096 + 2000, 2096);
+    dst.extend(r.data.read(110 * 4096, 3904));
+    assert_eq!(dst, src);
+    let pat = 0x0102_0304_0506_0708u64.to_le_bytes();
+    let mut got = r.data.read(60 * 4096 - 13, 13);
+    got.extend(r.data.read(70 * 4096, 187));
+    assert!(got.iter().enumerate().all(|(i, b)| *b == pat[i % 8]));
+    assert_clean(&r.dev);
+}
+
+/// A page break joins two pages at most: a longer descriptor halts (LENGTH), and a second page
+/// that is not mapped halts like any unmapped source (a device error, not misuse).
+#[test]
+fn fault_page_break_beyond_two_pages_or_unmapped() {
+    let r = rig();
+    let mut d = HwDescriptor::copy(
+        3 * 4096,
+        r.data.iova(0),
+        r.data.iova(64 * 4096),
+        Ctl::copy().with(Ctl::SRC_BRK, true),
+    );
+    d.rsv1 = r.data.iova(8 * 4096);
+    expect_fault(r, d, chanerr::LENGTH, "O8");
+    let r = rig();
+    let d = HwDescriptor::copy(
+        8192,
+        r.data.iova(0),
+        r.data.iova(64 * 4096),
+        Ctl::copy().with(Ctl::SRC_BRK, true),
+    );
+    // next_src_addr left 0: unmapped.
+    expect_fault(r, d, chanerr::SRC_ADDR, "E10");
 }
 
 #[test]

@@ -390,3 +390,30 @@ fn bind_accepts_the_short_device_number_and_refuses_bad_addresses() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("DDDD:BB:DD.F"), "{}", stderr(&o));
 }
+
+#[test]
+fn regs_model_shows_pci_state_and_both_fault_classes() {
+    let o = ctl(&["regs", "model", "--json"], None);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let v = json(&o);
+    let m = &v["model"];
+    assert_eq!(m["pci_command"]["memory"], true, "{m}");
+    assert_eq!(m["pci_command"]["bus_master"], false, "{m}");
+    let caps: Vec<&str> = m["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(caps, ["MSI-X", "PCI Express"]);
+    // Reading registers is not a fault of either class.
+    assert_eq!(m["device_errors"].as_array().unwrap().len(), 0);
+    assert_eq!(m["misuse"].as_array().unwrap().len(), 0);
+    let o = ctl(&["regs", "model"], None);
+    let s = stdout(&o);
+    assert!(s.contains("device errors (reported by the hardware"), "{s}");
+    assert!(
+        s.contains("misuse (the hardware would not report it): 0"),
+        "{s}"
+    );
+}

@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::config::Pci;
+use super::engine::{advance, Pending, Who};
+use super::irq::ModelIrq;
 use super::mem::{Mem, ModelMapper, Table};
 use super::regfile::{lookup, Kind, Reg};
-use super::{Fault, ModelConfig, ModelStats, RuleTag, Severity, StrictMode, Violation};
+use super::{Fault, FaultClass, ModelConfig, ModelStats, RuleTag, Severity, StrictMode, Violation};
 use crate::dma::DmaMapper;
-use crate::regs::{chancmd, chanctrl, channel_base, pci, ChanState, RegisterAccess};
+use crate::regs::{chancmd, chanctrl, channel_base, general, ChanState, RegisterAccess};
 
 /// Which halves of a 64-bit register the driver has written since its last complete write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,11 +72,19 @@ pub(crate) struct Chan {
     pub hang_after: Option<u64>,
     pub hung: bool,
     pub slow: Duration,
-    /// The timing model's virtual clock: when the engine, working back to back, finishes the
-    /// descriptors it has executed so far. Carried across descriptors so that modeled
-    /// bandwidth and latency hold on average even though a sleep is coarser than one
-    /// descriptor's time.
-    pub busy_until: Option<Instant>,
+    /// The descriptor started last, completing at its virtual end time.
+    pub pending: Option<Pending>,
+    /// Virtual time at which the next descriptor may start: the doorbell that made the
+    /// channel ACTIVE, then the end of the previous descriptor. Register state is computed
+    /// from it on every access, so it does not depend on when a thread got the CPU.
+    pub vstart: Instant,
+    /// An interrupt message waiting for its INTRDELAY to pass (virtual time).
+    pub irq_due: Option<Instant>,
+    /// Bus mastering was off when the channel wanted to fetch (flagged once per stall).
+    pub bme_stalled: bool,
+    /// Source bytes of the next copy, read early because the current descriptor had no fence
+    /// (`ModelConfig::reorder_unfenced`): (descriptor IOVA, bytes).
+    pub prefetched: Option<(u64, Vec<u8>)>,
 
     pub stats: ModelStats,
 }
@@ -112,7 +123,11 @@ impl Chan {
             hang_after: None,
             hung: false,
             slow: Duration::ZERO,
-            busy_until: None,
+            pending: None,
+            vstart: Instant::now(),
+            irq_due: None,
+            bme_stalled: false,
+            prefetched: None,
             stats: ModelStats::default(),
         }
     }
@@ -133,25 +148,26 @@ impl Chan {
         self.next_fetch = None;
         self.suspend_req = false;
         self.reachable = None;
+        self.pending = None;
+        self.prefetched = None;
         self.gen += 1;
         // The channel starts on the next DMACOUNT write, not here.
     }
 
-    /// Called after DMACOUNT changes or the channel arms: start if work is pending.
-    fn kick(&mut self) {
-        if matches!(
-            self.state,
-            ChanState::Armed | ChanState::Done | ChanState::Active
-        ) && self.count != self.dmacount
-        {
+    /// Called after DMACOUNT changes: start if work is pending. The first descriptor starts
+    /// (in virtual time) at `now`, the doorbell.
+    fn kick(&mut self, now: Instant) {
+        if matches!(self.state, ChanState::Armed | ChanState::Done) && self.count != self.dmacount {
             self.state = ChanState::Active;
+            self.vstart = now;
         }
     }
 
-    /// CHANCMD.RESET: the channel returns to HALTED with its chain state cleared. CHANCTRL,
-    /// CHANCMP and CHAINADDR are cleared too (every driver rewrites them after a reset: Linux
-    /// `ioat_restart_channel`, DPDK `__ioat_recover`; rule T4). CHANERR is NOT cleared: the
-    /// driver clears it (rules E1, E2, E5).
+    /// CHANCMD.RESET: the channel returns to HALTED with its chain state cleared. CHANCTRL is
+    /// cleared (DPDK fix d486f1dad1, rule T4: the value written at probe was lost across a
+    /// stop's RESET); CHANCMP and CHAINADDR too, an inference (every driver rewrites them after
+    /// a reset: Linux `ioat_restart_channel`, DPDK `__ioat_recover`). CHANERR is NOT cleared:
+    /// the driver clears it (rules E1, E2, E5).
     fn reset(&mut self, until: Instant) {
         self.chanctrl = 0;
         self.dmacount = 0;
@@ -162,6 +178,10 @@ impl Chan {
         self.completed = 0;
         self.count = 0;
         self.next_fetch = None;
+        self.pending = None;
+        self.prefetched = None;
+        self.irq_due = None;
+        self.bme_stalled = false;
         self.reset_until = Some(until);
         self.arm_after_reset = false;
         self.chainaddr_written = false;
@@ -181,10 +201,13 @@ pub(crate) struct DevState {
     pub intrctrl: u8,
     pub intrdelay: u16,
     pub prefetch_limit: u8,
-    pub pci_command: u16,
-    pub dmauncerrsts: u32,
-    pub chanerr_int: u32,
-    pub chanerrmask_int: u32,
+    /// One bit per channel with an interrupt event not yet acknowledged by a re-arm.
+    pub attnstatus: u32,
+    pub pci: Pci,
+    /// MSI-X table: per vector address low, address high, data, vector control (bit 0 masks).
+    pub msix: Vec<[u32; 4]>,
+    /// MSI-X pending bits, one per vector.
+    pub pba: u64,
     pub chans: Vec<Chan>,
     pub violations: Vec<Violation>,
     pub panic_pending: Option<String>,
@@ -196,10 +219,15 @@ pub(crate) struct Shared {
     pub cv: Condvar,
     pub mem: Arc<Mem>,
     pub shutdown: AtomicBool,
+    /// One sink per MSI-X vector (vector n serves channel n, as in Linux).
+    pub msix_sinks: Vec<Arc<ModelIrq>>,
+    /// The INTx line (the model does not tell MSI from INTx: one shared message).
+    pub intx_sink: Arc<ModelIrq>,
 }
 
 /// Arguments of a violation report, bundled.
 pub(crate) struct V {
+    pub class: FaultClass,
     pub rule: &'static str,
     pub tag: RuleTag,
     pub severity: Severity,
@@ -221,6 +249,7 @@ impl V {
         width: u8,
     ) -> V {
         V {
+            class: FaultClass::Misuse,
             rule,
             tag,
             severity,
@@ -232,8 +261,16 @@ impl V {
         }
     }
 
+    /// Reclassifies as misuse (a descriptor-time problem the hardware does not report).
+    pub fn misuse(mut self) -> V {
+        self.class = FaultClass::Misuse;
+        self
+    }
+
+    /// A descriptor fault: the hardware reports it (CHANERR and a halt).
     pub fn desc(rule: &'static str, tag: RuleTag, channel: usize, iova: u64) -> V {
         V {
+            class: FaultClass::DeviceError,
             rule,
             tag,
             severity: Severity::Error,
@@ -257,6 +294,7 @@ impl Shared {
             return;
         }
         let viol = Violation {
+            class: v.class,
             rule: v.rule,
             tag: v.tag,
             severity: v.severity,
@@ -276,7 +314,23 @@ impl Shared {
     /// The channel may leave HALTED only with CHANERR (and CHANERR_INT below 3.3) clear
     /// (rule E2, SPDK 9b172afdb6).
     pub fn can_resume(&self, st: &DevState, ch: usize) -> bool {
-        st.chans[ch].chanerr == 0 && !(self.has_chanerr_int() && st.chanerr_int != 0)
+        st.chans[ch].chanerr == 0 && !(self.has_chanerr_int() && st.pci.chanerr_int != 0)
+    }
+
+    /// Brings the whole device to virtual time `now`: completes due resets, completes and
+    /// starts the descriptors whose time has come (in the caller's thread if the engine
+    /// thread has not got there yet), and sends interrupt messages whose delay has passed.
+    /// Every register access calls this first, so what it observes is a function of the
+    /// time of the access, not of when the engine threads were scheduled.
+    /// Returns whether a descriptor was started or completed (the engines then re-plan).
+    pub fn sync(&self, st: &mut parking_lot::MutexGuard<'_, DevState>, now: Instant) -> bool {
+        self.tick(st, now);
+        let mut changed = false;
+        for ch in 0..st.chans.len() {
+            changed |= advance(self, st, ch, now, Who::Access);
+        }
+        super::irq::deliver_due(self, st, now);
+        changed
     }
 
     /// Completes resets whose delay has passed.
@@ -286,6 +340,12 @@ impl Shared {
             match c.reset_until {
                 Some(t) if t <= now => {
                     c.reset_until = None;
+                    // Rule E3: on TBG0 (8086:3430, below CB3.3) a restart leaves a spurious
+                    // config parity error in DMAUNCERRSTS (bit 0x10) that Linux clears.
+                    if self.cfg.device_id == 0x3430 && self.cfg.cbver < 0x33 {
+                        st.pci.dmauncerrsts |= 0x10;
+                    }
+                    let c = &mut st.chans[ch];
                     if c.arm_after_reset {
                         c.arm_after_reset = false;
                         self.try_arm(st, ch);
@@ -298,7 +358,7 @@ impl Shared {
 
     fn try_arm(&self, st: &mut DevState, ch: usize) {
         if st.chans[ch].state == ChanState::Halted && !self.can_resume(st, ch) {
-            let (e, ei) = (st.chans[ch].chanerr, st.chanerr_int);
+            let (e, ei) = (st.chans[ch].chanerr, st.pci.chanerr_int);
             self.violate(
                 st,
                 V::reg(
@@ -327,14 +387,21 @@ impl Shared {
     pub fn halt(&self, st: &mut DevState, ch: usize, bits: u32, table: Option<&Table>) {
         let has_int = self.has_chanerr_int();
         if has_int {
-            st.chanerr_int |= bits;
+            st.pci.chanerr_int |= bits;
         }
+        let master = st.pci.master();
         let c = &mut st.chans[ch];
         c.chanerr |= bits;
         c.state = ChanState::Halted;
         c.suspend_req = false;
+        c.pending = None;
         c.stats.halts += 1;
-        if c.chanctrl & chanctrl::ERR_COMPLETION_EN != 0 {
+        let at = c.vstart;
+        if c.chanctrl & chanctrl::ERR_INT_EN != 0 {
+            super::irq::raise(st, ch, at);
+        }
+        let c = &mut st.chans[ch];
+        if master && c.chanctrl & chanctrl::ERR_COMPLETION_EN != 0 {
             let img = c.completed | ChanState::Halted.bits();
             let ok = match table {
                 Some(t) => writeback(t, c.chancmp, img),
@@ -345,7 +412,7 @@ impl Shared {
             } else {
                 c.chanerr |= crate::regs::chanerr::COMPLETION_ADDR;
                 if has_int {
-                    st.chanerr_int |= crate::regs::chanerr::COMPLETION_ADDR;
+                    st.pci.chanerr_int |= crate::regs::chanerr::COMPLETION_ADDR;
                 }
             }
         }
@@ -401,6 +468,15 @@ pub(crate) fn writeback(t: &Table, addr: u64, img: u64) -> bool {
     }
 }
 
+/// MSI-X table entry at reset: address and data 0, vector masked (PCI spec).
+pub(crate) const MSIX_ENTRY_RESET: [u32; 4] = [0, 0, 0, 1];
+
+/// Rule I3: BWD (8086:0c50-0c53) and BDX-DE (8086:6f50-6f53) clear their MSI-X registers on
+/// a channel reset.
+pub(crate) fn reset_clears_msix(device_id: u16) -> bool {
+    matches!(device_id, 0x0c50..=0x0c53 | 0x6f50..=0x6f53)
+}
+
 /// A software I/OAT device. See the module docs.
 pub struct ModelDevice {
     pub(crate) sh: Arc<Shared>,
@@ -420,10 +496,10 @@ impl ModelDevice {
                 intrctrl: 0,
                 intrdelay: crate::regs::general::INTRDELAY_COALESCE_SUPPORT,
                 prefetch_limit: 0,
-                pci_command: 0,
-                dmauncerrsts: 0,
-                chanerr_int: 0,
-                chanerrmask_int: 0,
+                attnstatus: 0,
+                pci: Pci::new(cfg.pci_command),
+                msix: vec![MSIX_ENTRY_RESET; n.max(1)],
+                pba: 0,
                 chans: (0..n).map(|_| Chan::new()).collect(),
                 violations: Vec::new(),
                 panic_pending: None,
@@ -432,6 +508,10 @@ impl ModelDevice {
             cv: Condvar::new(),
             mem: mem.clone(),
             shutdown: AtomicBool::new(false),
+            msix_sinks: (0..n.max(1))
+                .map(|_| Arc::new(ModelIrq::default()))
+                .collect(),
+            intx_sink: Arc::new(ModelIrq::default()),
         });
         let threads = (0..n)
             .map(|ch| {
@@ -502,8 +582,114 @@ impl ModelDevice {
     /// The channel state, without an MMIO access (for tests and debugging).
     pub fn chan_state(&self, channel: u32) -> ChanState {
         let mut st = self.sh.st.lock();
-        self.sh.tick(&mut st, Instant::now());
-        ChanState::from_bits(st.chans[channel as usize].chansts())
+        let changed = self.sh.sync(&mut st, Instant::now());
+        let s = ChanState::from_bits(st.chans[channel as usize].chansts());
+        self.finish(st, changed);
+        s
+    }
+
+    /// Misuse recorded so far: what the hardware would not report (class
+    /// [`FaultClass::Misuse`]).
+    pub fn misuse(&self) -> Vec<Violation> {
+        let st = self.sh.st.lock();
+        st.violations
+            .iter()
+            .filter(|v| v.class == FaultClass::Misuse)
+            .cloned()
+            .collect()
+    }
+
+    /// Device errors recorded so far: faults the hardware reports with CHANERR and a halt
+    /// (class [`FaultClass::DeviceError`]).
+    pub fn device_errors(&self) -> Vec<Violation> {
+        let st = self.sh.st.lock();
+        st.violations
+            .iter()
+            .filter(|v| v.class == FaultClass::DeviceError)
+            .cloned()
+            .collect()
+    }
+
+    /// The eventfd-like sink of MSI-X vector `vector` (vector n serves channel n). Panics if
+    /// the vector does not exist (there are CHANCNT vectors).
+    pub fn msix_irq(&self, vector: u32) -> Arc<ModelIrq> {
+        self.sh.msix_sinks[vector as usize].clone()
+    }
+
+    /// The sink of the legacy interrupt (INTx; the model does not tell MSI from INTx).
+    pub fn intx_irq(&self) -> Arc<ModelIrq> {
+        self.sh.intx_sink.clone()
+    }
+
+    /// PCI configuration read of 1, 2 or 4 bytes at `off` (naturally aligned).
+    pub fn config_read(&self, off: u16, width: u8) -> u32 {
+        self.cfg_access(off, width, None)
+    }
+
+    /// PCI configuration write of 1, 2 or 4 bytes at `off` (naturally aligned).
+    pub fn config_write(&self, off: u16, width: u8, val: u32) {
+        self.cfg_access(off, width, Some(val));
+    }
+
+    pub fn config_read8(&self, off: u16) -> u8 {
+        self.config_read(off, 1) as u8
+    }
+    pub fn config_read16(&self, off: u16) -> u16 {
+        self.config_read(off, 2) as u16
+    }
+    pub fn config_write8(&self, off: u16, val: u8) {
+        self.config_write(off, 1, val as u32)
+    }
+    pub fn config_write16(&self, off: u16, val: u16) {
+        self.config_write(off, 2, val as u32)
+    }
+
+    fn cfg_access(&self, off: u16, width: u8, write: Option<u32>) -> u32 {
+        let sh = &*self.sh;
+        let mut st = sh.st.lock();
+        let changed = sh.sync(&mut st, Instant::now());
+        let aligned = matches!(width, 1 | 2 | 4) && off % width as u16 == 0 && off < 0x1000;
+        if !aligned {
+            sh.violate(
+                &mut st,
+                V::reg("R2", RuleTag::Inferred, Severity::Error, None, "config", off as u32, width),
+                format!(
+                    "{width}-byte config space {} at {off:#x}: PCI allows 1, 2 or 4 bytes, naturally aligned, below 0x1000; {}",
+                    if write.is_some() { "write" } else { "read" },
+                    if write.is_some() { "dropped" } else { "reads 0" }
+                ),
+            );
+            self.finish(st, changed);
+            return 0;
+        }
+        let shift = (off & 3) as u32 * 8;
+        let bits = if width == 4 {
+            u32::MAX
+        } else {
+            (1u32 << (width as u32 * 8)) - 1
+        };
+        let has_int = sh.has_chanerr_int();
+        let vectors = st.msix.len() as u16;
+        let v = match write {
+            Some(val) => {
+                let before = (st.pci.command, st.pci.msix_ctrl);
+                st.pci
+                    .write_dword(off, val << shift, bits << shift, has_int);
+                if (st.pci.command, st.pci.msix_ctrl) != before {
+                    if st.pci.master() {
+                        for c in st.chans.iter_mut() {
+                            c.bme_stalled = false;
+                        }
+                    }
+                    // Unmasking or enabling MSI-X sends what is pending.
+                    super::irq::flush_pending(sh, &mut st);
+                }
+                0
+            }
+            None => (st.pci.read_dword(off, sh.cfg.device_id, vectors, has_int) >> shift) & bits,
+        };
+        self.finish(st, changed || write.is_some());
+        v
     }
 
     /// Waits until `channel` is not ACTIVE (engine caught up with DMACOUNT, halted, hung
@@ -523,9 +709,9 @@ impl ModelDevice {
         self.sh.cfg.chancnt as usize
     }
 
-    /// Ends an access: releases the lock, wakes the engines after a write (reads change
-    /// nothing an engine waits for: pending resets complete on the engine's own timer), and
-    /// raises a strict-mode panic.
+    /// Ends an access: releases the lock, wakes the engines after a write or after the access
+    /// started or completed a descriptor (so the engine re-plans its next wake-up), and raises
+    /// a strict-mode panic.
     fn finish(&self, st: parking_lot::MutexGuard<'_, DevState>, wake: bool) {
         let mut st = st;
         let p = st.panic_pending.take();
@@ -547,9 +733,27 @@ impl ModelDevice {
         }
         let sh = &*self.sh;
         let mut st = sh.st.lock();
-        sh.tick(&mut st, Instant::now());
+        let changed = sh.sync(&mut st, Instant::now());
+        if !st.pci.memory() {
+            sh.violate(
+                &mut st,
+                V::reg("R4", RuleTag::Inferred, Severity::Error, None, "BAR0", off, width),
+                format!("{width}-byte read of BAR0+{off:#x} with PCI COMMAND.MEMORY clear: the function does not decode MMIO, the read returns all ones (set MEMORY in config 0x04)"),
+            );
+            self.finish(st, changed);
+            return if width == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (width * 8)) - 1
+            };
+        }
         let hit = lookup(off, self.chancnt(), sh.cfg.has_dps());
+        let msix = match hit {
+            None => super::irq::msix_read(&st, off, width),
+            Some(_) => None,
+        };
         let v = match hit {
+            None if msix.is_some() => msix.unwrap_or(0),
             None => {
                 sh.violate(
                     &mut st,
@@ -594,7 +798,7 @@ impl ModelDevice {
                 v
             }
         };
-        self.finish(st, false);
+        self.finish(st, changed);
         let mask = if width == 8 {
             u64::MAX
         } else {
@@ -623,8 +827,18 @@ impl ModelDevice {
     fn mmio_write(&self, off: u32, width: u8, val: u64) {
         let sh = &*self.sh;
         let mut st = sh.st.lock();
-        sh.tick(&mut st, Instant::now());
+        sh.sync(&mut st, Instant::now());
+        if !st.pci.memory() {
+            sh.violate(
+                &mut st,
+                V::reg("R4", RuleTag::Inferred, Severity::Error, None, "BAR0", off, width),
+                format!("{width}-byte write of {val:#x} to BAR0+{off:#x} with PCI COMMAND.MEMORY clear: the function does not decode MMIO, the write is dropped (set MEMORY in config 0x04)"),
+            );
+            self.finish(st, false);
+            return;
+        }
         match lookup(off, self.chancnt(), sh.cfg.has_dps()) {
+            None if super::irq::msix_write(sh, &mut st, off, width, val) => {}
             None => sh.violate(
                 &mut st,
                 V::reg("R2", RuleTag::Inferred, Severity::Error, None, "undefined", off, width),
@@ -668,7 +882,7 @@ fn reg_value(sh: &Shared, st: &DevState, reg: Reg, ch: Option<usize>) -> u64 {
         Reg::XferCap => cfg.xfercap_log as u64 & 0x1f,
         Reg::GenCtrl => st.genctrl as u64,
         Reg::IntrCtrl => st.intrctrl as u64,
-        Reg::AttnStatus => 0,
+        Reg::AttnStatus => st.attnstatus as u64,
         Reg::CbVer => cfg.cbver as u64,
         Reg::PerPortOffset => 0,
         Reg::IntrDelay => st.intrdelay as u64,
@@ -749,13 +963,27 @@ fn write_reg(
     let cn = ch.unwrap_or(0);
     match reg {
         Reg::GenCtrl => st.genctrl = val as u8,
-        Reg::IntrCtrl => st.intrctrl = val as u8,
+        Reg::IntrCtrl => {
+            // MASTER_INT_EN and MSIX_VECTOR_CONTROL are read-write; INT_STATUS and INT are
+            // status bits cleared by writing them back (Linux's INTx/MSI handler writes the
+            // value it read back to acknowledge, rule I2).
+            let v = val as u8;
+            let rw = general::INTRCTRL_MASTER_INT_EN | general::INTRCTRL_MSIX_VECTOR_CONTROL;
+            let status = general::INTRCTRL_INT_STATUS | general::INTRCTRL_INT;
+            st.intrctrl = (v & rw) | (st.intrctrl & status & !(v & status));
+        }
         Reg::IntrDelay => {
             st.intrdelay = (val as u16 & crate::regs::general::INTRDELAY_MASK)
                 | crate::regs::general::INTRDELAY_COALESCE_SUPPORT
         }
         Reg::PrefetchLimit => st.prefetch_limit = val as u8,
-        Reg::ChanCtrl => st.chans[cn].chanctrl = val as u16,
+        Reg::ChanCtrl => {
+            st.chans[cn].chanctrl = val as u16;
+            // Re-arming acknowledges the channel's interrupt event.
+            if val as u16 & chanctrl::INT_REARM != 0 {
+                st.attnstatus &= !(1 << cn);
+            }
+        }
         Reg::ChanErr => {
             let c = &mut st.chans[cn];
             c.chanerr &= !(val as u32);
@@ -831,6 +1059,16 @@ fn write_reg(
 fn doorbell(sh: &Shared, st: &mut DevState, ch: usize, val: u16, off: u32) {
     let c = &mut st.chans[ch];
     c.stats.doorbells += 1;
+    if c.reset_until.is_some() {
+        // The reset zeroes the channel's count: the doorbell is lost. No source says what the
+        // hardware does; whatever it does, the driver cannot know, so it is flagged.
+        sh.violate(
+            st,
+            V::reg("R3", RuleTag::Inferred, Severity::Error, Some(ch), "DMACOUNT", off, 2),
+            format!("DMACOUNT = {val} written while CHANCMD.RESET is still pending: the reset zeroes the count and the doorbell is lost (dropped); poll CHANCMD until RESET clears, write CHAINADDR, then ring"),
+        );
+        return;
+    }
     c.dmacount = val;
     let (written, ca_half, cmp_half) = (c.chainaddr_written, c.chainaddr_half, c.chancmp_half);
     if !written {
@@ -853,10 +1091,7 @@ fn doorbell(sh: &Shared, st: &mut DevState, ch: usize, val: u16, off: u32) {
         );
     }
     let c = &mut st.chans[ch];
-    if c.reset_until.is_some() {
-        return;
-    }
-    c.kick();
+    c.kick(Instant::now());
     // Rule D4: more descriptors outstanding than the ring holds (a self-linked descriptor,
     // replayed on purpose as in the VFIO selftest, is exempt).
     let outstanding = c.dmacount.wrapping_sub(c.count) as u32;
@@ -885,13 +1120,28 @@ fn doorbell(sh: &Shared, st: &mut DevState, ch: usize, val: u16, off: u32) {
 fn command(sh: &Shared, st: &mut DevState, ch: usize, val: u8, off: u32) {
     let c = &mut st.chans[ch];
     if c.reset_until.is_some() {
+        if val != 0 {
+            sh.violate(
+                st,
+                V::reg("R3", RuleTag::Inferred, Severity::Warning, Some(ch), "CHANCMD", off, 1),
+                format!("CHANCMD {val:#x} written while RESET is still pending: dropped; poll CHANCMD until RESET clears first"),
+            );
+        }
         return;
     }
     if val & chancmd::RESET != 0 {
         c.reset(Instant::now() + sh.cfg.reset_delay);
+        if reset_clears_msix(sh.cfg.device_id) {
+            // Rule I3: the reset also clears the MSI-X registers (table and pending bits);
+            // Linux saves and restores them around it.
+            for e in st.msix.iter_mut() {
+                *e = MSIX_ENTRY_RESET;
+            }
+            st.pba = 0;
+        }
     } else if val & chancmd::SUSPEND != 0 {
         match c.state {
-            ChanState::Active if c.busy => c.suspend_req = true,
+            ChanState::Active if c.busy || c.pending.is_some() => c.suspend_req = true,
             ChanState::Active | ChanState::Done | ChanState::Armed => {
                 c.state = ChanState::Suspended
             }
@@ -899,6 +1149,7 @@ fn command(sh: &Shared, st: &mut DevState, ch: usize, val: u8, off: u32) {
         }
     } else if val & chancmd::RESUME != 0 {
         if c.state == ChanState::Suspended {
+            c.vstart = Instant::now();
             c.state = if c.count != c.dmacount {
                 ChanState::Active
             } else if c.next_fetch.is_some() {
@@ -946,65 +1197,11 @@ impl RegisterAccess for ModelDevice {
     }
 
     fn config_read32(&self, off: u16) -> u32 {
-        let sh = &*self.sh;
-        let mut st = sh.st.lock();
-        let v = match off {
-            0x00 => crate::regs::PCI_VENDOR_INTEL as u32 | (sh.cfg.device_id as u32) << 16,
-            pci::COMMAND => st.pci_command as u32 | 0x0010 << 16,
-            // Class 0x08 (system peripheral), subclass 0x80 (other).
-            0x08 => 0x0880_0000,
-            pci::DMAUNCERRSTS => st.dmauncerrsts,
-            pci::CHANERR_INT if sh.has_chanerr_int() => st.chanerr_int,
-            pci::CHANERRMASK_INT => st.chanerrmask_int,
-            o if o % 4 != 0 => {
-                sh.violate(
-                    &mut st,
-                    V::reg(
-                        "R2",
-                        RuleTag::Inferred,
-                        Severity::Error,
-                        None,
-                        "config",
-                        off as u32,
-                        4,
-                    ),
-                    format!("misaligned 4-byte config space read at {off:#x}"),
-                );
-                0
-            }
-            _ => 0,
-        };
-        self.finish(st, false);
-        v
+        self.config_read(off, 4)
     }
 
     fn config_write32(&self, off: u16, val: u32) {
-        let sh = &*self.sh;
-        let mut st = sh.st.lock();
-        match off {
-            pci::COMMAND => st.pci_command = val as u16,
-            pci::DMAUNCERRSTS => st.dmauncerrsts &= !val,
-            // Below 3.3 CHANERR_INT is W1C; on later parts it does not exist and writes are
-            // ignored (FreeBSD, VFIO and Linux `ioat_eh` write it anyway, rule V4).
-            pci::CHANERR_INT if sh.has_chanerr_int() => st.chanerr_int &= !val,
-            pci::CHANERR_INT => {}
-            pci::CHANERRMASK_INT => st.chanerrmask_int = val,
-            o if o % 4 != 0 => sh.violate(
-                &mut st,
-                V::reg(
-                    "R2",
-                    RuleTag::Inferred,
-                    Severity::Error,
-                    None,
-                    "config",
-                    off as u32,
-                    4,
-                ),
-                format!("misaligned 4-byte config space write at {off:#x}"),
-            ),
-            _ => {}
-        }
-        self.finish(st, true);
+        self.config_write(off, 4, val)
     }
 }
 

@@ -1,11 +1,17 @@
-//! The engine: one thread per channel executing descriptors like the hardware does,
-//! concurrently with the driver.
+//! The engine: descriptor execution on a virtual timeline.
 //!
-//! Per descriptor: fetch from CHAINADDR (first) or the previous `next`, validate, translate
-//! every address through the model IOMMU, move the data with the device lock released (the
-//! table's read guard keeps the memory mapped), then count it, write the completion and move
-//! the channel to DONE when the internal count reaches DMACOUNT. Descriptors run strictly one
-//! after another, so a fence (rule O6) is trivially honoured.
+//! Each descriptor starts at a virtual time (the doorbell that made the channel ACTIVE, then
+//! the end of the previous descriptor) and ends `duration` later (zero for instant timing).
+//! At its start it is fetched, validated, translated through the model IOMMU and its data is
+//! moved; at its end it is counted, the completion is written and an interrupt raised. Both
+//! happen in whichever thread gets there first once their time has come: the channel's
+//! engine thread (which sleeps until the next due time, so drivers that only poll memory see
+//! progress) or any register access (`Shared::sync`), which brings the device to the time of
+//! the access before answering. So what a register reads is a function of the model's
+//! virtual time, not of when the host scheduled a thread.
+//!
+//! Descriptors run strictly one after another, so a fence (rule O6) is honoured; with
+//! `ModelConfig::reorder_unfenced` the model shows what a missing fence allows instead.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,20 +27,75 @@ use crate::regs::{cap, chanerr, ChanState};
 /// What one validated descriptor does, with host pointers valid while the table guard lives.
 enum Work {
     Null,
+    /// Segments `(src, dst, len)`; `early` replaces the source bytes when a previous unfenced
+    /// descriptor let this copy read them before it wrote.
     Copy {
-        src: *const u8,
-        dst: *mut u8,
-        len: usize,
+        segs: Pieces<(*mut u8, *mut u8, usize), 3>,
+        early: Option<Vec<u8>>,
     },
+    /// Destination pieces; the pattern keeps its phase across a page break.
     Fill {
         pattern: u64,
-        dst: *mut u8,
-        len: usize,
+        dst: Pieces<(*mut u8, usize), 2>,
     },
 }
 
-/// How far the timing model may run ahead of real time before the engine sleeps.
-const SLEEP_SLACK: Duration = Duration::from_micros(20);
+/// Up to `N` items without allocating (a descriptor has at most one page break per side).
+#[derive(Clone, Copy)]
+struct Pieces<T: Copy, const N: usize> {
+    items: [Option<T>; N],
+}
+
+impl<T: Copy, const N: usize> Pieces<T, N> {
+    fn new() -> Self {
+        Pieces { items: [None; N] }
+    }
+    fn push(&mut self, t: T) {
+        if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(t);
+        }
+    }
+    fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.items.iter().map_while(|s| *s)
+    }
+}
+
+impl Work {
+    fn bytes(&self) -> usize {
+        match self {
+            Work::Null => 0,
+            Work::Copy { segs, .. } => segs.iter().map(|s| s.2).sum(),
+            Work::Fill { dst, .. } => dst.iter().map(|s| s.1).sum(),
+        }
+    }
+}
+
+/// Who advances a channel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Who {
+    /// The channel's engine thread: may move large data with the device lock released.
+    Engine,
+    /// A register access: works under the lock and waits for a descriptor the engine is
+    /// moving.
+    Access,
+}
+
+/// A started descriptor, completing at `end`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pending {
+    pub addr: u64,
+    pub next: u64,
+    pub end: Instant,
+    pub compl: bool,
+    pub int_en: bool,
+    pub opc: u8,
+    pub null: bool,
+    pub len: u64,
+}
+
+/// Copies up to this size are moved with the device lock held, also by the engine thread (a
+/// few microseconds at most); larger ones release it.
+const INLINE_BYTES: usize = 64 << 10;
 
 pub(crate) fn run(sh: Arc<Shared>, ch: usize) {
     // A device engine wants fine-grained sleeps: drop the default 50 us timer slack.
@@ -47,23 +108,94 @@ pub(crate) fn run(sh: Arc<Shared>, ch: usize) {
         if sh.shutdown.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
-        sh.tick(&mut st, Instant::now());
+        let now = Instant::now();
+        sh.tick(&mut st, now);
+        advance(&sh, &mut st, ch, now, Who::Engine);
+        super::irq::deliver_due(&sh, &mut st, now);
         let c = &st.chans[ch];
+        // Work whose start lies in the future (not normally: starts are never later than the
+        // access that scheduled them) is woken for too.
+        let start = (c.state == ChanState::Active
+            && c.pending.is_none()
+            && c.count != c.dmacount
+            && c.vstart > now)
+            .then_some(c.vstart);
+        let wake = [c.pending.map(|p| p.end), c.reset_until, c.irq_due, start]
+            .into_iter()
+            .flatten()
+            .min();
+        match wake {
+            Some(t) => {
+                if t > now {
+                    sh.cv.wait_until(&mut st, t);
+                }
+            }
+            None => sh.cv.wait(&mut st),
+        }
+    }
+}
+
+/// Brings channel `ch` to virtual time `now`: completes the pending descriptor if its end has
+/// come, starts the next ones while their start time has come, and so on. Returns whether it
+/// started or completed anything.
+pub(crate) fn advance(
+    sh: &Shared,
+    st: &mut MutexGuard<'_, DevState>,
+    ch: usize,
+    now: Instant,
+    who: Who,
+) -> bool {
+    let mut changed = false;
+    loop {
+        let c = &st.chans[ch];
+        if c.busy {
+            if who == Who::Engine {
+                return changed;
+            }
+            // The engine thread is moving this descriptor's data: wait for it.
+            sh.cv.wait(st);
+            continue;
+        }
+        if let Some(p) = c.pending {
+            if p.end > now {
+                return changed;
+            }
+            st.chans[ch].pending = None;
+            complete(sh, st, ch, p);
+            changed = true;
+            continue;
+        }
         let runnable = c.state == ChanState::Active
             && c.reset_until.is_none()
             && !c.hung
             && !c.suspend_req
-            && c.count != c.dmacount;
+            && c.count != c.dmacount
+            && c.vstart <= now;
         if !runnable {
-            match c.reset_until {
-                Some(t) => {
-                    sh.cv.wait_until(&mut st, t);
-                }
-                None => sh.cv.wait(&mut st),
-            }
-            continue;
+            return changed;
         }
-        step(&sh, &mut st, ch);
+        if !st.pci.master() {
+            // No bus mastering: the channel cannot fetch. It stays ACTIVE with work pending.
+            if !st.chans[ch].bme_stalled {
+                st.chans[ch].bme_stalled = true;
+                sh.violate(
+                    st,
+                    V::reg(
+                        "R5",
+                        RuleTag::Inferred,
+                        super::Severity::Error,
+                        Some(ch),
+                        "DMACOUNT",
+                        crate::regs::channel_base(ch as u32) + crate::regs::chan::DMACOUNT,
+                        2,
+                    ),
+                    "work is pending but PCI COMMAND.BUS_MASTER is clear: the device cannot fetch descriptors or move data; the channel stays ACTIVE and nothing completes until bus mastering is enabled (config 0x04 bit 2)".into(),
+                );
+            }
+            return changed;
+        }
+        start(sh, st, ch, who);
+        changed = true;
     }
 }
 
@@ -124,13 +256,24 @@ fn validate(sh: &Shared, d: &HwDescriptor) -> Result<(), DescErr> {
             ))
         }
     }
-    if d.ctl.has(Ctl::SRC_BRK) || d.ctl.has(Ctl::DEST_BRK) {
-        return Err(derr(
-            chanerr::CONTROL,
-            "O8",
-            RuleTag::Behaviour,
-            "page-break bits (ctl bits 6/7) set: the presets do not advertise PAGE_BREAK and the model does not implement two-page descriptors".into(),
-        ));
+    // Page breaks (rule O8): the bytes after the first 4 KiB boundary continue at
+    // next_src_addr / next_dest_addr, so one descriptor spans at most two pages per side.
+    for (bit, at, name) in [
+        (Ctl::SRC_BRK, d.src, "source"),
+        (Ctl::DEST_BRK, d.dst, "destination"),
+    ] {
+        let first = 4096 - (at & 0xfff);
+        if d.ctl.has(bit) && !d.ctl.is_null() && d.size as u64 > first + 4096 {
+            return Err(derr(
+                chanerr::LENGTH,
+                "O8",
+                RuleTag::Inferred,
+                format!(
+                    "page-break descriptor of {} bytes: its {name} would cross a second page boundary; a page break joins two 4 KiB pages at most",
+                    d.size
+                ),
+            ));
+        }
     }
     if d.size == 0 {
         return Err(derr(
@@ -171,7 +314,79 @@ fn read_desc(p: *const u8) -> HwDescriptor {
     HwDescriptor::from_le_bytes(&b)
 }
 
-fn step(sh: &Shared, st: &mut MutexGuard<'_, DevState>, ch: usize) {
+/// Pieces of an access that may cross one 4 KiB page break (rule O8: with `src_brk` /
+/// `dest_brk` the bytes after the first page boundary continue at `next_src_addr` (+0x20) /
+/// `next_dest_addr` (+0x28), as FreeBSD's `ioat_copy_8k_aligned` uses them).
+fn pieces(addr: u64, len: u64, brk: bool, next: u64) -> Pieces<(u64, u64), 2> {
+    let first = 4096 - (addr & 0xfff);
+    let mut p = Pieces::new();
+    if !brk || len <= first {
+        p.push((addr, len));
+    } else {
+        p.push((addr, first));
+        p.push((next, len - first));
+    }
+    p
+}
+
+/// Translates pieces to host pointers; `Err(iova)` names the first piece outside one mapping.
+fn translate_all(t: &Table, p: &Pieces<(u64, u64), 2>) -> Result<Pieces<(*mut u8, usize), 2>, u64> {
+    let mut out = Pieces::new();
+    for (a, l) in p.iter() {
+        out.push((t.translate(a, l).ok_or(a)?, l as usize));
+    }
+    Ok(out)
+}
+
+/// Splits two piece lists (same total length) into aligned segments.
+fn zip_pieces(
+    a: &Pieces<(*mut u8, usize), 2>,
+    b: &Pieces<(*mut u8, usize), 2>,
+) -> Pieces<(*mut u8, *mut u8, usize), 3> {
+    let mut out = Pieces::new();
+    let (mut i, mut j, mut oi, mut oj) = (0, 0, 0, 0);
+    while let (Some(Some(x)), Some(Some(y))) = (a.items.get(i), b.items.get(j)) {
+        let n = (x.1 - oi).min(y.1 - oj);
+        out.push((x.0.wrapping_add(oi), y.0.wrapping_add(oj), n));
+        oi += n;
+        oj += n;
+        if oi == x.1 {
+            i += 1;
+            oi = 0;
+        }
+        if oj == y.1 {
+            j += 1;
+            oj = 0;
+        }
+    }
+    out
+}
+
+/// Rule A3: the DMA address width is 48 bits from CB3.3, 46 on CB3.2 and 40 below. A data
+/// address beyond it is an address error (the bit choice follows the names, as elsewhere).
+fn beyond_width(sh: &Shared, p: &Pieces<(u64, u64), 2>, bit: u32, what: &str) -> Option<DescErr> {
+    let bits = match sh.cfg.cbver {
+        v if v >= 0x33 => 48,
+        0x32 => 46,
+        _ => 40,
+    };
+    let (a, l) = p
+        .iter()
+        .find(|&(a, l)| a.checked_add(l).is_none_or(|e| e > 1u64 << bits))?;
+    Some(derr(
+        bit,
+        "A3",
+        RuleTag::Behaviour,
+        format!(
+            "{what} {a:#x}+{l} lies beyond the {bits}-bit DMA address width of CB {:#x}",
+            sh.cfg.cbver
+        ),
+    ))
+}
+
+/// Fetches, validates and starts the next descriptor at the channel's virtual start time:
+/// moves its data and leaves it pending until its end. Halts on a descriptor error.
+fn start(sh: &Shared, st: &mut MutexGuard<'_, DevState>, ch: usize, who: Who) {
     // Injected hang: stop silently, CHANSTS keeps saying ACTIVE.
     {
         let c = &mut st.chans[ch];
@@ -186,6 +401,8 @@ fn step(sh: &Shared, st: &mut MutexGuard<'_, DevState>, ch: usize) {
         Some(a) => (a, false),
     };
     st.chans[ch].cdar = addr;
+    // Whatever the previous descriptor read early is for this one only.
+    let prefetched = st.chans[ch].prefetched.take();
     if let Some((n, bits)) = st.chans[ch].fault_err {
         if n <= 1 {
             st.chans[ch].fault_err = None;
@@ -234,43 +451,62 @@ fn step(sh: &Shared, st: &mut MutexGuard<'_, DevState>, ch: usize) {
     let work = if d.ctl.is_null() {
         Work::Null
     } else {
-        let Some(dst) = table.translate(d.dst, len) else {
-            let e = derr(
-                chanerr::DEST_ADDR,
-                "E10",
-                RuleTag::Stated,
-                format!(
-                    "destination {:#x}+{len} is not inside one mapped IOVA range",
-                    d.dst
-                ),
-            );
+        let dp = pieces(d.dst, len, d.ctl.has(Ctl::DEST_BRK), d.rsv2);
+        if let Some(e) = beyond_width(sh, &dp, chanerr::DEST_ADDR, "destination") {
             fail(sh, st, ch, addr, Some(&table), e);
             return;
+        }
+        let dst = match translate_all(&table, &dp) {
+            Ok(v) => v,
+            Err(a) => {
+                let e = derr(
+                    chanerr::DEST_ADDR,
+                    "E10",
+                    RuleTag::Stated,
+                    format!(
+                        "destination {a:#x} (of {:#x}+{len}) is not inside one mapped IOVA range",
+                        d.dst
+                    ),
+                );
+                fail(sh, st, ch, addr, Some(&table), e);
+                return;
+            }
         };
         if opc == op::FILL {
             Work::Fill {
                 pattern: d.src,
                 dst,
-                len: len as usize,
             }
         } else {
-            let Some(src) = table.translate(d.src, len) else {
-                let e = derr(
-                    chanerr::SRC_ADDR,
-                    "E10",
-                    RuleTag::Stated,
-                    format!(
-                        "source {:#x}+{len} is not inside one mapped IOVA range",
-                        d.src
-                    ),
-                );
+            let sp = pieces(d.src, len, d.ctl.has(Ctl::SRC_BRK), d.rsv1);
+            if let Some(e) = beyond_width(sh, &sp, chanerr::SRC_ADDR, "source") {
                 fail(sh, st, ch, addr, Some(&table), e);
                 return;
+            }
+            let src = match translate_all(&table, &sp) {
+                Ok(v) => v,
+                Err(a) => {
+                    let e = derr(
+                        chanerr::SRC_ADDR,
+                        "E10",
+                        RuleTag::Stated,
+                        format!(
+                            "source {a:#x} (of {:#x}+{len}) is not inside one mapped IOVA range",
+                            d.src
+                        ),
+                    );
+                    fail(sh, st, ch, addr, Some(&table), e);
+                    return;
+                }
             };
+            // A copy the previous unfenced descriptor let start early reads what its source
+            // held before that descriptor wrote (rule O6, with `reorder_unfenced`).
+            let early = prefetched
+                .filter(|(a, b)| *a == addr && b.len() == len as usize)
+                .map(|(_, b)| b);
             Work::Copy {
-                src,
-                dst,
-                len: len as usize,
+                segs: zip_pieces(&src, &dst),
+                early,
             }
         }
     };
@@ -295,54 +531,89 @@ fn step(sh: &Shared, st: &mut MutexGuard<'_, DevState>, ch: usize) {
             return;
         }
     }
+    // Without a fence the next copy may read its source before this one writes (rule O6):
+    // with `reorder_unfenced`, snapshot that source now.
+    let c = &st.chans[ch];
+    if sh.cfg.reorder_unfenced
+        && !d.ctl.has(Ctl::FENCE)
+        && !matches!(work, Work::Null)
+        && c.count.wrapping_add(1) != c.dmacount
+    {
+        let snap = peek_copy_source(&table, d.next);
+        st.chans[ch].prefetched = snap.map(|b| (d.next, b));
+    }
 
-    // Execute with the device lock released; the table guard keeps every pointer valid.
     let c = &mut st.chans[ch];
-    c.busy = true;
     let gen = c.gen;
     let delay = duration(sh, len, &work, c.slow);
-    // Virtual time: this descriptor finishes `delay` after the later of now and the end of the
-    // previous one. Sleep only when the engine runs ahead of real time by more than
-    // SLEEP_SLACK, so sleep granularity (tens of microseconds) does not become a latency floor
-    // per descriptor while the average rate stays exact.
-    let deadline = if delay.is_zero() {
-        None
+    let end = c.vstart + delay;
+    if who == Who::Engine && work.bytes() > INLINE_BYTES {
+        // Move the data with the device lock released; the table guard keeps every pointer
+        // valid. Register accesses that need this descriptor wait for `busy` to clear.
+        c.busy = true;
+        MutexGuard::unlocked(st, move || {
+            execute(&work);
+            drop(table);
+        });
+        st.chans[ch].busy = false;
+        sh.cv.notify_all();
+        if st.chans[ch].gen != gen {
+            // Reset (or re-armed) while executing: the hardware abandons the descriptor.
+            return;
+        }
     } else {
-        let now = Instant::now();
-        let start = c.busy_until.filter(|t| *t > now).unwrap_or(now);
-        let end = start + delay;
-        c.busy_until = Some(end);
-        Some(end)
-    };
-    MutexGuard::unlocked(st, move || {
         execute(&work);
         drop(table);
-        if let Some(end) = deadline {
-            let now = Instant::now();
-            if end > now + SLEEP_SLACK {
-                std::thread::sleep(end - now);
-            }
-        }
-    });
-
-    let c = &mut st.chans[ch];
-    c.busy = false;
-    if c.gen != gen {
-        // Reset (or re-armed) while executing: the hardware abandons the descriptor.
-        return;
     }
+    st.chans[ch].pending = Some(Pending {
+        addr,
+        next: d.next,
+        end,
+        compl,
+        int_en: d.ctl.has(Ctl::INT_EN),
+        opc,
+        null: d.ctl.is_null(),
+        len,
+    });
+}
+
+/// The source bytes of the copy descriptor at `addr`, if it is one and fully mapped.
+fn peek_copy_source(t: &Table, addr: u64) -> Option<Vec<u8>> {
+    let p = t.translate(addr, DESC_SIZE as u64)?;
+    let d = read_desc(p);
+    if d.ctl.opcode() != op::COPY || d.ctl.is_null() || d.size == 0 || d.size > 1 << 20 {
+        return None;
+    }
+    let sp = pieces(d.src, d.size as u64, d.ctl.has(Ctl::SRC_BRK), d.rsv1);
+    let src = translate_all(t, &sp).ok()?;
+    let mut out = Vec::with_capacity(d.size as usize);
+    for (h, l) in src.iter() {
+        let mut b = vec![0u8; l];
+        // SAFETY: `[h, h + l)` was translated under the table guard the caller holds, so it
+        // lies in live mapped memory; copied out raw, no reference to DMA memory is made.
+        unsafe { std::ptr::copy_nonoverlapping(h as *const u8, b.as_mut_ptr(), l) };
+        out.extend_from_slice(&b);
+    }
+    Some(out)
+}
+
+/// The end of descriptor `p`'s time: count it, write the completion, raise its interrupt.
+fn complete(sh: &Shared, st: &mut DevState, ch: usize, p: Pending) {
+    let master = st.pci.master();
+    let c = &mut st.chans[ch];
+    c.vstart = p.end;
     c.count = c.count.wrapping_add(1);
-    c.completed = addr;
-    c.next_fetch = Some(d.next);
+    c.completed = p.addr;
+    c.next_fetch = Some(p.next);
     c.stats.descriptors += 1;
-    if d.ctl.has(Ctl::INT_EN) {
+    if p.int_en {
         c.stats.interrupts_requested += 1;
     }
-    if d.ctl.is_null() {
+    if p.null {
         c.stats.nulls += 1;
     } else {
-        c.stats.bytes += len;
-        if opc == op::FILL {
+        c.stats.bytes += p.len;
+        if p.opc == op::FILL {
             c.stats.fills += 1;
         } else {
             c.stats.copies += 1;
@@ -362,11 +633,16 @@ fn step(sh: &Shared, st: &mut MutexGuard<'_, DevState>, ch: usize) {
     } else {
         ChanState::Active
     };
-    if compl {
+    if p.compl {
         let img = c.completed | c.state.bits();
         let cmp = c.chancmp;
-        let ok = writeback(&sh.mem.read(), cmp, img);
-        if ok {
+        if !master {
+            sh.violate(
+                st,
+                V::desc("R5", RuleTag::Inferred, ch, p.addr).misuse(),
+                format!("completion write to {cmp:#x} with PCI COMMAND.BUS_MASTER clear: the write cannot be made and is lost"),
+            );
+        } else if writeback(&sh.mem.read(), cmp, img) {
             st.chans[ch].stats.writebacks += 1;
         } else {
             let e = derr(
@@ -375,8 +651,12 @@ fn step(sh: &Shared, st: &mut MutexGuard<'_, DevState>, ch: usize) {
                 RuleTag::Stated,
                 format!("completion address {cmp:#x} became unusable during the descriptor"),
             );
-            fail(sh, st, ch, addr, None, e);
+            fail(sh, st, ch, p.addr, None, e);
+            return;
         }
+    }
+    if p.int_en {
+        super::irq::raise(st, ch, p.end);
     }
 }
 
@@ -403,28 +683,53 @@ fn duration(sh: &Shared, len: u64, work: &Work, slow: Duration) -> Duration {
 }
 
 fn execute(work: &Work) {
-    match *work {
+    match work {
         Work::Null => {}
-        Work::Copy { src, dst, len } => {
-            // SAFETY: both ranges were translated under the table's read guard, which the
-            // caller still holds, so they lie inside live mappings whose memory the
-            // `DmaMapper::map` contract keeps allocated and free of Rust references. They may
-            // overlap (a driver bug, or a deliberate in-place move), so `copy` (memmove).
-            unsafe { std::ptr::copy(src, dst, len) };
-        }
-        Work::Fill { pattern, dst, len } => {
-            // The 64-bit pattern repeats from the first destination byte on (little-endian).
-            let mut block = [0u8; 512];
-            for (i, b) in block.iter_mut().enumerate() {
-                *b = pattern.to_le_bytes()[i % 8];
+        Work::Copy { segs, early } => {
+            let mut off = 0;
+            for (src, dst, len) in segs.iter() {
+                match early {
+                    Some(b) => {
+                        // SAFETY: `[dst, dst + len)` was translated under the table's read
+                        // guard, which the caller still holds (live mapping, memory kept
+                        // allocated by the `DmaMapper::map` contract, no Rust references to
+                        // it); `b` is our own buffer and cannot overlap it.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(b[off..off + len].as_ptr(), dst, len)
+                        };
+                    }
+                    None => {
+                        // SAFETY: both ranges were translated under the table's read guard,
+                        // which the caller still holds, so they lie inside live mappings whose
+                        // memory the `DmaMapper::map` contract keeps allocated and free of
+                        // Rust references. They may overlap (a driver bug, or a deliberate
+                        // in-place move), so `copy` (memmove).
+                        unsafe { std::ptr::copy(src, dst, len) };
+                    }
+                }
+                off += len;
             }
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(block.len());
-                // SAFETY: `[dst, dst + len)` was translated under the read guard the caller
-                // holds (see above); `block` is a local buffer that cannot overlap it.
-                unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), dst.add(done), n) };
-                done += n;
+        }
+        Work::Fill { pattern, dst } => {
+            // The 64-bit pattern repeats from the first destination byte on (little-endian),
+            // keeping its phase across a page break.
+            let pat = pattern.to_le_bytes();
+            let mut phase = 0usize;
+            for (d, len) in dst.iter() {
+                let mut block = [0u8; 512];
+                for (i, b) in block.iter_mut().enumerate() {
+                    *b = pat[(phase + i) % 8];
+                }
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(block.len());
+                    // SAFETY: `[d, d + len)` was translated under the read guard the caller
+                    // holds (see above); `block` is a local buffer that cannot overlap it.
+                    // `block.len()` is a multiple of 8, so every chunk starts in phase.
+                    unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), d.add(done), n) };
+                    done += n;
+                }
+                phase = (phase + len) % 8;
             }
         }
     }

@@ -1,19 +1,27 @@
 //! A software I/OAT (Crystal Beach DMA) device behind the same [`RegisterAccess`](crate::regs::RegisterAccess) trait as the
 //! VFIO BAR mapping, strict enough that a driver passing it means something.
 //!
-//! What it models (see `docs/driver.md`, section "Device model", for the fidelity table):
+//! What it models (`docs/driver.md`, section "Device model", and the fidelity table at its end,
+//! which defines every rule id used here in words, with its source):
 //! - the general and per-channel register file with reset values, access widths and
-//!   read-only / read-write / write-1-to-clear semantics, plus the few PCI config registers
-//!   drivers touch (CHANERR_INT below CB3.3, DMAUNCERRSTS, CHANERRMASK_INT, COMMAND);
-//! - one engine thread per channel that, like the hardware, runs concurrently with the driver:
-//!   it follows `next` from CHAINADDR while its internal 16-bit count differs from DMACOUNT,
-//!   executes copy / fill / null descriptors through the model's IOVA translation table only,
-//!   writes the CHANSTS image to the completion address, and halts with the right CHANERR bit
-//!   on a bad address, size or opcode;
+//!   read-only / read-write / write-1-to-clear semantics;
+//! - PCI configuration space with a capability list (MSI-X, PCI Express), 1/2/4-byte accesses,
+//!   memory decode and bus mastering enforced, and the I/OAT config registers (CHANERR_INT below
+//!   CB3.3, DMAUNCERRSTS, CHANERRMASK_INT);
+//! - a virtual timeline per channel: the channel follows `next` from CHAINADDR while its internal
+//!   16-bit count differs from DMACOUNT, executes copy / fill / null (and page-break) descriptors
+//!   through the model's IOVA translation table only, writes the CHANSTS image to the completion
+//!   address, and halts with the right CHANERR bit on a bad address, size or opcode. An engine
+//!   thread per channel and every register access advance it, so what a register reads depends
+//!   on the model's virtual time, not on host scheduling;
 //! - CHANCMD SUSPEND / RESUME / RESET with the channel states ACTIVE, DONE, SUSPENDED, HALTED
 //!   and ARMED;
-//! - a strict mode that reports driver misuse, each report tagged with the rule id of
-//!   `shared/notes/ioat-hardware-rules.md` (or a model-local id `R1`/`R2` for the register map);
+//! - interrupts: INTRCTRL, ATTNSTATUS, INT_REARM, INTRDELAY coalescing, the MSI-X table and PBA
+//!   in BAR0 with masking, delivered to eventfd-like sinks ([`ModelIrq`]);
+//! - per-part errata: the TBG0 parity bit after a restart, the BWD/BDX-DE reset clearing MSI-X;
+//! - a strict mode that records faults in two classes ([`FaultClass`]): device errors the
+//!   hardware reports (CHANERR and a halt) and misuse it would punish silently; each tagged with
+//!   a rule id (model-local ids `R1`-`R5` for the register map, reset, decode and bus mastering);
 //! - a timing model (instant, or per-descriptor latency plus bytes/s) and fault injection.
 //!
 //! Typical use:
@@ -25,8 +33,10 @@
 //! let _mapper = dev.mapper(); // hand this to the driver's DMA memory
 //! ```
 
+mod config;
 mod device;
 mod engine;
+mod irq;
 mod mem;
 mod regfile;
 
@@ -35,7 +45,9 @@ mod tests;
 
 use std::time::Duration;
 
+pub use config::{MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
 pub use device::ModelDevice;
+pub use irq::ModelIrq;
 pub use mem::ModelMapper;
 
 use crate::regs::{cap, CbVersion};
@@ -101,6 +113,14 @@ pub struct ModelConfig {
     pub mmio_latency: Option<Duration>,
     /// How long CHANCMD.RESET stays set after it is written.
     pub reset_delay: Duration,
+    /// PCI COMMAND at power-on. The presets use MEMORY only: what a function looks like once
+    /// vfio-pci has opened it (memory decode on, bus mastering off until the driver sets it).
+    pub pci_command: u16,
+    /// Reorder work the way a missing fence allows (hardware rule O6): when a descriptor
+    /// without the fence bit is followed by a copy, that copy's source is read before the
+    /// first descriptor's destination is written. Off in the presets (then execution is
+    /// strictly in order and a fence changes nothing observable).
+    pub reorder_unfenced: bool,
 }
 
 /// Default XFERCAP of the presets: 1 MiB per descriptor. The real SKX/BDX/ICX value is not in
@@ -133,7 +153,20 @@ impl ModelConfig {
             timing: Timing::Instant,
             mmio_latency: None,
             reset_delay: Duration::from_micros(5),
+            pci_command: crate::regs::pci::COMMAND_MEMORY,
+            reorder_unfenced: false,
         }
+    }
+
+    /// PCI COMMAND at power-on (see [`ModelConfig::pci_command`]).
+    pub fn pci_command(mut self, c: u16) -> Self {
+        self.pci_command = c;
+        self
+    }
+    /// See [`ModelConfig::reorder_unfenced`].
+    pub fn reorder_unfenced(mut self, on: bool) -> Self {
+        self.reorder_unfenced = on;
+        self
     }
 
     pub fn chancnt(mut self, n: u8) -> Self {
@@ -241,11 +274,38 @@ pub enum Severity {
     Warning,
 }
 
-/// One detected driver misuse.
+/// Who tells the driver about a fault: the two classes are kept apart in every report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultClass {
+    /// The hardware reports it itself: a CHANERR bit and a halt (for example a DMA to an
+    /// unmapped IOVA, a size-0 descriptor, an unknown opcode). A driver sees it in CHANERR and
+    /// can handle it; drivers provoke some on purpose (the kernel's VFIO selftest maps nothing
+    /// and copies from it). The class says who reports it, not who is to blame.
+    DeviceError,
+    /// Misuse the hardware would punish silently (a dropped or torn access, a doorbell lost
+    /// in a reset, DMA with bus mastering off): nothing in the device says so; only the model
+    /// can flag it.
+    Misuse,
+}
+
+impl std::fmt::Display for FaultClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FaultClass::DeviceError => "device-error",
+            FaultClass::Misuse => "misuse",
+        })
+    }
+}
+
+/// One detected fault: a device error the hardware reports, or a misuse it would not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
-    /// Rule id from `ioat-hardware-rules.md` (`W7`, `A1`, `S1`, `D6` ...) or model-local
-    /// `R1` (write to a read-only register) / `R2` (access to an undefined offset).
+    /// Device error (reported by the hardware in CHANERR) or silent misuse.
+    pub class: FaultClass,
+    /// Rule id of the fidelity table in `docs/driver.md` (`W7`, `A1`, `S1`, `D6` ...) or
+    /// model-local `R1` (write to a read-only register), `R2` (access to an undefined offset or
+    /// a bad config access), `R3` (access lost to a pending reset), `R4` (MMIO without memory
+    /// decode), `R5` (DMA without bus mastering).
     pub rule: &'static str,
     pub tag: RuleTag,
     pub severity: Severity,
@@ -275,7 +335,7 @@ impl std::fmt::Display for Violation {
         if let Some(i) = self.iova {
             write!(f, " desc {i:#x}")?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, " ({}): {}", self.class, self.message)
     }
 }
 
@@ -295,6 +355,13 @@ pub struct ModelStats {
     pub doorbells: u64,
     /// Times the channel halted with an error.
     pub halts: u64,
-    /// Descriptors that asked for an interrupt (interrupts are not delivered by the model).
+    /// Descriptors that asked for an interrupt (`int_en`).
     pub interrupts_requested: u64,
+    /// Interrupt events raised: an `int_en` completion (or, with ERR_INT_EN, a halt) while
+    /// CHANCTRL.INT_REARM was set. Each consumes INT_REARM.
+    pub interrupts_raised: u64,
+    /// Interrupt requests that found INT_REARM clear (the driver had not re-armed): dropped.
+    pub interrupts_not_armed: u64,
+    /// Messages sent to a sink (MSI-X vector or the INTx line), after coalescing.
+    pub interrupts_delivered: u64,
 }

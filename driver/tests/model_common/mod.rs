@@ -35,6 +35,14 @@ pub struct DmaMem {
 
 impl DmaMem {
     pub fn new(dev: &ModelDevice, len: usize) -> DmaMem {
+        // Every driver whose sequences these tests replay enables bus mastering before it
+        // gives the device memory (Linux `pci_set_master`, SPDK and DPDK through vfio-pci,
+        // the VFIO selftest); the model refuses DMA without it.
+        let cmd = dev.config_read16(ioat_driver::regs::pci::COMMAND);
+        dev.config_write16(
+            ioat_driver::regs::pci::COMMAND,
+            cmd | ioat_driver::regs::pci::COMMAND_MASTER,
+        );
         let len = len.div_ceil(4096) * 4096;
         let mut map = memmap2::MmapMut::map_anon(len).expect("anonymous mapping");
         let mapper = dev.mapper();

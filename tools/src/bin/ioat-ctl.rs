@@ -449,13 +449,24 @@ fn cmd_regs(cli: &Cli, dev: &str, channel: Option<u32>) -> Result<ExitCode> {
         .iter()
         .map(|&n| ctl::regs::channel_json(r, n, cbver))
         .collect();
+    let model = match &t.backend {
+        ctl::Backend::Model(m) => Some(ctl::regs::model_json(m)),
+        ctl::Backend::Vfio(_) => None,
+    };
     if cli.json {
-        print_json(&json!({ "device": t.label, "general": general, "channels": chans }))?;
+        let mut v = json!({ "device": t.label, "general": general, "channels": chans });
+        if let Some(m) = model {
+            v["model"] = m;
+        }
+        print_json(&v)?;
     } else {
         println!("{}", t.label);
         print!("{}", ctl::regs::general_text(&general));
         for c in &chans {
             print!("{}", ctl::regs::channel_text(c));
+        }
+        if let Some(m) = &model {
+            print!("{}", ctl::regs::model_text(m));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use ioat_driver::model::{FaultClass, ModelDevice};
 use ioat_driver::regs::{
     cap, chan, chanctrl, channel_base, chansts, general, pci, CbVersion, ChanErr, ChanState,
     RegisterAccess,
@@ -245,6 +246,99 @@ pub fn general_text(v: &Value) -> String {
                 }
             }
             s.push_str(&format!("  {:<24} {:<12} {}\n", k, val, extra.join(", ")));
+        }
+    }
+    s
+}
+
+/// What only the software model knows, for `ioat-ctl regs model`: PCI COMMAND and the
+/// capability list, and the faults recorded so far, in their two classes. A device error is
+/// one the hardware itself reports (a CHANERR bit and a halt, e.g. a DMA to an unmapped IOVA);
+/// misuse is what the hardware would punish silently (a doorbell lost in a reset, DMA with bus
+/// mastering off, a torn or dropped access), which only the model can flag.
+pub fn model_json(m: &ModelDevice) -> Value {
+    let cmd = m.config_read16(pci::COMMAND);
+    let mut caps = Vec::new();
+    let mut at = m.config_read8(0x34) as u16;
+    while at != 0 && caps.len() < 16 {
+        let id = m.config_read8(at);
+        caps.push(json!({
+            "offset": hex(at as u64),
+            "id": hex(id as u64),
+            "name": match id { 0x10 => "PCI Express", 0x11 => "MSI-X", 0x05 => "MSI", 0x01 => "Power Management", _ => "other" },
+        }));
+        at = m.config_read8(at + 1) as u16;
+    }
+    let list = |class: FaultClass| -> Vec<Value> {
+        m.violations()
+            .iter()
+            .filter(|v| v.class == class)
+            .map(|v| {
+                json!({
+                    "rule": v.rule,
+                    "tag": v.tag.to_string(),
+                    "severity": format!("{:?}", v.severity),
+                    "channel": v.channel,
+                    "register": v.register,
+                    "message": v.message,
+                })
+            })
+            .collect()
+    };
+    json!({
+        "pci_command": {
+            "value": hex(cmd as u64),
+            "memory": cmd & pci::COMMAND_MEMORY != 0,
+            "bus_master": cmd & pci::COMMAND_MASTER != 0,
+            "intx_disable": cmd & pci::COMMAND_INTX_DISABLE != 0,
+        },
+        "capabilities": caps,
+        "device_errors": list(FaultClass::DeviceError),
+        "misuse": list(FaultClass::Misuse),
+    })
+}
+
+/// Human rendering of [`model_json`].
+pub fn model_text(v: &Value) -> String {
+    let mut s = String::from("model\n");
+    let c = &v["pci_command"];
+    s.push_str(&format!(
+        "  PCI COMMAND  {:<20} memory {}, bus master {}, INTx disable {}\n",
+        c["value"].as_str().unwrap_or("?"),
+        c["memory"],
+        c["bus_master"],
+        c["intx_disable"]
+    ));
+    let caps: Vec<String> = v["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{} at {}",
+                c["name"].as_str().unwrap_or("?"),
+                c["offset"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    s.push_str(&format!("  capabilities {}\n", caps.join(", ")));
+    for (k, title) in [
+        (
+            "device_errors",
+            "device errors (reported by the hardware: CHANERR + halt)",
+        ),
+        ("misuse", "misuse (the hardware would not report it)"),
+    ] {
+        let a = v[k].as_array().cloned().unwrap_or_default();
+        s.push_str(&format!("  {title}: {}\n", a.len()));
+        for x in a {
+            s.push_str(&format!(
+                "    {} [{}] {}: {}\n",
+                x["rule"].as_str().unwrap_or("?"),
+                x["tag"].as_str().unwrap_or("?"),
+                x["register"].as_str().unwrap_or("?"),
+                x["message"].as_str().unwrap_or("")
+            ));
         }
     }
     s
