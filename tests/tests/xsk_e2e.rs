@@ -742,10 +742,8 @@ fn xsk_sigkill_detaches() {
 
     // SIGKILL: no destructor runs; the kernel drops the bpf_link with the process's fds.
     // SAFETY: kill on the pid of our own un-reaped child.
-    assert_eq!(
-        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGKILL) },
-        0
-    );
+    let r = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(r, 0);
     let _ = child.0.wait();
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {

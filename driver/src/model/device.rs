@@ -426,9 +426,10 @@ impl Shared {
         let mut a = start;
         while seen.len() < 65536 && a & 0x3f == 0 && seen.insert(a) {
             match t.translate(a + 0x18, 8) {
-                // SAFETY: the range is inside a live mapping (read guard held); the mapper's
-                // contract keeps the memory allocated. Unaligned-safe volatile read of 8 bytes.
                 Some(p) => {
+                    // SAFETY: the range is inside a live mapping (read guard held); the
+                    // mapper's contract keeps the memory allocated. Unaligned-safe volatile
+                    // read of 8 bytes.
                     a = unsafe { std::ptr::read_volatile(p as *const [u8; 8]) }
                         .pipe(u64::from_le_bytes)
                 }
