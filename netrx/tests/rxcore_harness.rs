@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use netrx::copy::{
-    BufId, BufferPool, Completion, Copier, CopierConfig, CopyEngine, CopyOp, CpuEngine,
+    BufId, BufferPool, Copier, CopierConfig, CopyEngine, CopyOp, CpuEngine, EngineCompletion,
     EngineError, FaultPlan, HeapRegion, ManualClock, MemRef, NullConfig, NullEngine, PolicyConfig,
     PolicyKind, RecvRequest, RegionId, Regions,
 };
@@ -80,7 +80,7 @@ impl<E: CopyEngine> CopyEngine for Watch<E> {
     fn flush(&mut self, mem: &Regions) {
         self.inner.flush(mem)
     }
-    fn poll(&mut self, mem: &Regions, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize {
         let from = out.len();
         let n = self.inner.poll(mem, out);
         let mut f = self.flight.borrow_mut();
@@ -134,7 +134,7 @@ impl CopyEngine for AnyEngine {
             AnyEngine::Null(e) => e.flush(mem),
         }
     }
-    fn poll(&mut self, mem: &Regions, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize {
         match self {
             AnyEngine::Cpu(e) => e.poll(mem, out),
             AnyEngine::Null(e) => e.poll(mem, out),

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use netrx::xsk::{
-    AttachMode, ProgramSpec, RxPacket, ServiceConfig, SocketConfig, XdpLink, XdpMode, XdpProgram,
+    AttachMode, ProgramSpec, RxPacket, SocketConfig, XdpConfig, XdpLink, XdpMode, XdpProgram,
     XdpService, XskError, XskMap, XskSocket,
 };
 use netrx_tests::netns::{self, LinkOpts, Netns, TwoHost, RECEIVER_ADDR, SENDER_ADDR};
@@ -174,7 +174,7 @@ fn collect(
 }
 
 fn open_service(t: &TwoHost, queues: Option<Vec<u32>>, attach: AttachMode) -> XdpService {
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    let mut cfg = XdpConfig::new(&t.receiver_if, PORT);
     cfg.socket = small_socket();
     cfg.queues = queues;
     cfg.attach = attach;
@@ -350,12 +350,12 @@ fn xsk_clear_errors() {
         return;
     }
     let t = topo(2);
-    let rx = |cfg: ServiceConfig| t.receiver.run(move || XdpService::open(&cfg).map(|_| ()));
+    let rx = |cfg: XdpConfig| t.receiver.run(move || XdpService::open(&cfg).map(|_| ()));
 
-    let e = rx(ServiceConfig::new("nrx-nonexistent", PORT)).unwrap_err();
+    let e = rx(XdpConfig::new("nrx-nonexistent", PORT)).unwrap_err();
     assert!(matches!(e, XskError::NoInterface { .. }), "{e}");
 
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    let mut cfg = XdpConfig::new(&t.receiver_if, PORT);
     cfg.socket = small_socket();
     cfg.queues = Some(vec![2]);
     let e = rx(cfg.clone()).unwrap_err();
@@ -516,7 +516,7 @@ fn jumbo_case(test: &str, mtu: u32, sg: bool) {
         ..LinkOpts::default()
     })
     .expect("topology");
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    let mut cfg = XdpConfig::new(&t.receiver_if, PORT);
     cfg.socket = SocketConfig {
         sg,
         ..small_socket()
@@ -694,7 +694,7 @@ fn xsk_child_helper() {
     let Ok(ifname) = std::env::var("NETRX_XSK_CHILD_IF") else {
         return;
     };
-    let mut cfg = ServiceConfig::new(&ifname, PORT);
+    let mut cfg = XdpConfig::new(&ifname, PORT);
     cfg.socket = small_socket();
     let svc = XdpService::open(&cfg).unwrap_or_else(|e| panic!("child: {e}"));
     println!("ATTACHED {}", svc.mode());

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use netrx::tcp::{Config, EndpointStats};
 use netrx::xsk::poller::{self, PollerConfig};
-use netrx::xsk::{AttachMode, ServiceConfig, XdpMode, XdpService};
+use netrx::xsk::{AttachMode, XdpConfig, XdpMode, XdpService};
 use netrx_tests::hashq::{HashQueue, StreamResult};
 use netrx_tests::netns::{self, LinkOpts, ThreeHost, RECEIVER_ADDR};
 use netrx_tests::relay::{Impairment, Relay, RelayCounters, RelaySettings};
@@ -88,7 +88,7 @@ fn run_netrx(test: &str, mib: u64, imp: Impairment, ep_cfg: Config) -> NetrxRun 
         .run_cmd("sysctl", &["-qw", "net.core.txrehash=0"])
         .expect("sysctl net.core.txrehash=0 in the sender namespace");
 
-    let mut cfg = ServiceConfig::new(&topo.receiver_if, PORT);
+    let mut cfg = XdpConfig::new(&topo.receiver_if, PORT);
     cfg.attach = AttachMode::Native;
     let mut svc = topo
         .receiver

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use netrx::tcp::Config;
 use netrx::xsk::poller::{self, PollerConfig, Pollers};
-use netrx::xsk::{AttachMode, ServiceConfig, XdpMode, XdpService, XskSocket};
+use netrx::xsk::{AttachMode, XdpConfig, XdpMode, XdpService, XskSocket};
 use netrx_tests::hashq::{HashQueue, StreamResult};
 use netrx_tests::netns::{self, LinkOpts, TwoHost, RECEIVER_ADDR};
 use netrx_tests::stream::{send_seeded, spawn_iperf2_client, SendOpts};
@@ -38,7 +38,7 @@ fn spawn_hash_pollers(
 /// The XDP service in native mode on the receiver with [`spawn_hash_pollers`] on default
 /// endpoints. Keep the service alive while the pollers run.
 fn hash_service(t: &TwoHost) -> (XdpService, Pollers<HashQueue>, mpsc::Receiver<StreamResult>) {
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    let mut cfg = XdpConfig::new(&t.receiver_if, PORT);
     cfg.attach = AttachMode::Native;
     let mut svc = t
         .receiver
@@ -88,7 +88,7 @@ fn run_streams(test: &str, queues: u32, flows: usize, mib_each: u64, mtu: u32) {
     t.sender
         .run_cmd("sysctl", &["-qw", "net.core.txrehash=0"])
         .expect("sysctl net.core.txrehash=0 in the sender namespace");
-    let mut cfg = ServiceConfig::new(&t.receiver_if, PORT);
+    let mut cfg = XdpConfig::new(&t.receiver_if, PORT);
     cfg.attach = AttachMode::Native;
     // Frames above 3840 bytes need several 4 KiB chunks: scatter-gather.
     cfg.socket.sg = mtu + 18 > cfg.socket.max_linear_frame();
@@ -256,7 +256,7 @@ fn one_stream_gbps(mib: u64, netrx: bool) -> f64 {
     })
     .expect("topology");
     let port_for_xdp = if netrx { PORT } else { PORT + 1 };
-    let mut cfg = ServiceConfig::new(&t.receiver_if, port_for_xdp);
+    let mut cfg = XdpConfig::new(&t.receiver_if, port_for_xdp);
     cfg.attach = AttachMode::Native;
     let mut svc = t
         .receiver

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::engine::{Completion, CopyEngine, CopyOp};
+use super::engine::{CopyEngine, CopyOp, EngineCompletion};
 use super::mem::{MemError, MemRef, Regions};
 use super::policy::{
     ChannelView, Decision, Policy, PolicyConfig, ReaderView, RecvRequest, SegmentView, Wakeup,
@@ -211,7 +211,7 @@ pub struct Copier<E: CopyEngine> {
     last_completion_ns: u64,
     stats: CopyStats,
     events: Vec<Event>,
-    scratch: Vec<Completion>,
+    scratch: Vec<EngineCompletion>,
 }
 
 impl<E: CopyEngine> Copier<E> {

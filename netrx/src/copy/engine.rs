@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use super::mem::{MemError, MemRef, Regions};
 
-/// One copy: `len` bytes from `src` to `dst`; `cookie` comes back in the [`Completion`].
+/// One copy: `len` bytes from `src` to `dst`; `cookie` comes back in the [`EngineCompletion`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CopyOp {
     pub src: MemRef,
@@ -41,7 +41,7 @@ pub enum EngineError {
 
 /// Result of one submitted op.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Completion {
+pub struct EngineCompletion {
     pub cookie: u64,
     pub status: Result<(), EngineError>,
 }
@@ -63,7 +63,7 @@ pub trait CopyEngine {
     /// Starts every queued op (one doorbell for the whole chain).
     fn flush(&mut self, mem: &Regions);
     /// Appends completions to `out`; returns how many were appended.
-    fn poll(&mut self, mem: &Regions, out: &mut Vec<Completion>) -> usize;
+    fn poll(&mut self, mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize;
     /// Ops accepted and not yet reported.
     fn in_flight(&self) -> usize;
     /// Most ops that may be in flight at once.
@@ -87,7 +87,7 @@ pub trait CopyEngine {
 /// CPU memcpy: copies inside `submit`, completes at the next `poll`.
 #[derive(Debug, Default)]
 pub struct CpuEngine {
-    done: Vec<Completion>,
+    done: Vec<EngineCompletion>,
 }
 
 impl CpuEngine {
@@ -105,14 +105,14 @@ impl CopyEngine for CpuEngine {
     }
     fn submit(&mut self, mem: &Regions, op: CopyOp) -> Result<(), EngineError> {
         mem.copy(op.src, op.dst, op.len)?;
-        self.done.push(Completion {
+        self.done.push(EngineCompletion {
             cookie: op.cookie,
             status: Ok(()),
         });
         Ok(())
     }
     fn flush(&mut self, _mem: &Regions) {}
-    fn poll(&mut self, _mem: &Regions, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, _mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize {
         let n = self.done.len();
         out.append(&mut self.done);
         n
@@ -245,11 +245,11 @@ impl CopyEngine for NullEngine {
         }
     }
 
-    fn poll(&mut self, mem: &Regions, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize {
         self.ticks += 1;
         let start = out.len();
         for cookie in self.aborted.drain(..) {
-            out.push(Completion {
+            out.push(EngineCompletion {
                 cookie,
                 status: Err(EngineError::Aborted),
             });
@@ -288,7 +288,7 @@ impl CopyEngine for NullEngine {
                 mem.copy(q.op.src, q.op.dst, q.op.len)
                     .map_err(EngineError::from)
             };
-            out.push(Completion {
+            out.push(EngineCompletion {
                 cookie: q.op.cookie,
                 status,
             });
@@ -348,7 +348,7 @@ mod tests {
         assert_eq!(e.poll(&r, &mut out), 1);
         assert_eq!(
             out[0],
-            Completion {
+            EngineCompletion {
                 cookie: 9,
                 status: Ok(())
             }

@@ -20,7 +20,7 @@ use ioat_driver::regs::RegisterAccess;
 use ioat_driver::{Channel, DmaMapper, DmaRegion, MapError, OpError, SubmitError};
 use thiserror::Error;
 
-use super::engine::{Completion, CopyEngine, CopyOp, EngineError};
+use super::engine::{CopyEngine, CopyOp, EngineCompletion, EngineError};
 use super::mem::{MemError, RegionId, RegionMemory, Regions};
 
 /// Why [`IoatEngine::new`] or [`IoatEngine::map_regions`] could not map a region.
@@ -46,7 +46,7 @@ pub struct IoatEngine<R: RegisterAccess> {
     mapped: HashMap<RegionId, Mapped>,
     scratch: Vec<ioat_driver::Completion<u64>>,
     /// Ops cut short by [`CopyEngine::abort`], reported at the next poll.
-    aborted: Vec<Completion>,
+    aborted: Vec<EngineCompletion>,
     /// Cookies of ops the driver failed while its reset could not show the device stopped
     /// (the channel went down): the device may still write their buffers, so they are not
     /// reported and stay in flight until a restart proves it stopped ([`CopyEngine::abort`]).
@@ -178,7 +178,7 @@ impl<R: RegisterAccess> CopyEngine for IoatEngine<R> {
     fn flush(&mut self, _mem: &Regions) {
         self.ch.flush();
     }
-    fn poll(&mut self, _mem: &Regions, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, _mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize {
         let start = out.len();
         out.append(&mut self.aborted);
         self.ch.poll(&mut self.scratch);
@@ -191,7 +191,7 @@ impl<R: RegisterAccess> CopyEngine for IoatEngine<R> {
         for c in self.scratch.drain(..) {
             match c.result {
                 Err(_) if unstopped => self.held.push(c.ctx),
-                r => out.push(Completion {
+                r => out.push(EngineCompletion {
                     cookie: c.ctx,
                     status: r.map_err(op_error),
                 }),
@@ -233,13 +233,13 @@ impl<R: RegisterAccess> CopyEngine for IoatEngine<R> {
         // complete, the driver reported nothing.
         if !matches!(&r, Err(e) if e.device_may_be_running()) {
             self.aborted
-                .extend(self.held.drain(..).map(|cookie| Completion {
+                .extend(self.held.drain(..).map(|cookie| EngineCompletion {
                     cookie,
                     status: Err(EngineError::Aborted),
                 }));
         }
         self.aborted
-            .extend(self.scratch.drain(..).map(|c| Completion {
+            .extend(self.scratch.drain(..).map(|c| EngineCompletion {
                 cookie: c.ctx,
                 status: Err(EngineError::Aborted),
             }));
@@ -314,7 +314,7 @@ mod tests {
         }
     }
 
-    fn poll_n(s: &mut Setup, n: usize) -> Vec<Completion> {
+    fn poll_n(s: &mut Setup, n: usize) -> Vec<EngineCompletion> {
         let mut out = Vec::new();
         let t0 = std::time::Instant::now();
         while out.len() < n {
@@ -395,7 +395,7 @@ mod tests {
         s.engine.flush(&s.regions);
         assert_eq!(
             poll_n(&mut s, 1),
-            vec![Completion {
+            vec![EngineCompletion {
                 cookie: 77,
                 status: Ok(())
             }]

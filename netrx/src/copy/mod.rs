@@ -22,7 +22,7 @@ pub use copier::{
     StreamId,
 };
 pub use engine::{
-    Completion, CopyEngine, CopyOp, CpuEngine, EngineError, FaultPlan, NullConfig, NullEngine,
+    CopyEngine, CopyOp, CpuEngine, EngineCompletion, EngineError, FaultPlan, NullConfig, NullEngine,
 };
 pub use ioat::IoatEngine;
 pub use mem::{BufId, BufferPool, HeapRegion, MemError, MemRef, RegionId, RegionMemory, Regions};

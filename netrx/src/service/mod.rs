@@ -39,7 +39,7 @@
 //! nonblocking receive: `ErrorKind::WouldBlock`.
 
 mod bufpool;
-pub mod engine;
+pub mod engines;
 mod queue;
 
 use std::fmt;
@@ -54,7 +54,7 @@ use parking_lot::Mutex;
 
 pub use crate::copy::IoatEngine;
 pub use bufpool::{BufPool, RegisteredBuf};
-pub use engine::{model_timing, AnyEngine, MODEL_BYTES_PER_SEC, MODEL_PER_DESC};
+pub use engines::{model_timing, AnyEngine, MODEL_BYTES_PER_SEC, MODEL_PER_DESC};
 pub use ioat_driver::model::{ModelDevice, Preset, Timing};
 
 use crate::copy::{CopyStats, PolicyKind, RecvRequest, NETDMA_DEFAULT_COPYBREAK};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant as StdInstant};
 use parking_lot::Mutex;
 
 use super::bufpool::{BufPool, PoolShared, RegisteredBuf};
-use super::engine::{new_model, AnyEngine};
+use super::engines::{new_model, AnyEngine};
 use super::{
     EngineKind, Listener, QueueShared, QueueStats, Reply, Request, ServiceConfig, Status,
     StreamParts, StreamShared, Target,
@@ -74,7 +74,7 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
             format!("rcvbuf {} out of range; use 4096..=4 GiB", cfg.rcvbuf),
         ));
     }
-    let mut xcfg = crate::xsk::ServiceConfig::new(&cfg.iface, cfg.port);
+    let mut xcfg = crate::xsk::XdpConfig::new(&cfg.iface, cfg.port);
     xcfg.queues = cfg.queues.clone();
     xcfg.attach = cfg.attach;
     xcfg.socket = cfg.socket.clone();

@@ -3,7 +3,7 @@
 //! rings, exact frame accounting, and one poller thread per queue.
 //!
 //! ```text
-//! XdpService::open(ServiceConfig)      iface checks -> XSKMAP -> program -> sockets -> bpf_link
+//! XdpService::open(XdpConfig)      iface checks -> XSKMAP -> program -> sockets -> bpf_link
 //!   .take_sockets() -> Vec<XskSocket>   one per queue
 //! poller::spawn(sockets, |queue| handler)   one thread per queue, each owning its socket
 //! CoreIo: a handler's I/O around an `RxCore` (RX descriptors in, fill ring and TX out)
@@ -128,7 +128,7 @@ impl XskError {
 
 /// What to open.
 #[derive(Clone, Debug)]
-pub struct ServiceConfig {
+pub struct XdpConfig {
     pub ifname: String,
     /// TCP destination port redirected to the sockets.
     pub port: u16,
@@ -140,7 +140,7 @@ pub struct ServiceConfig {
     pub vlan: bool,
 }
 
-impl ServiceConfig {
+impl XdpConfig {
     pub fn new(ifname: &str, port: u16) -> Self {
         Self {
             ifname: ifname.to_string(),
@@ -211,7 +211,7 @@ pub struct XdpService {
 impl XdpService {
     /// Look the interface up, check queues and MTU, build and load the program, open one socket
     /// per queue, put them in the XSKMAP, and attach the program (native preferred).
-    pub fn open(cfg: &ServiceConfig) -> Result<Self, XskError> {
+    pub fn open(cfg: &XdpConfig) -> Result<Self, XskError> {
         cfg.socket.validate()?;
         let iface = iface::lookup(&cfg.ifname)?;
         let queues: Vec<u32> = match &cfg.queues {

@@ -19,7 +19,7 @@ use serde::Serialize;
 use ioat_driver::model::{ModelDevice, Preset, Timing};
 use ioat_driver::regs::ChanState;
 use ioat_driver::{Channel, ChannelConfig, Completion, Device, DmaRegion};
-use netrx::service::engine::new_model;
+use netrx::service::engines::new_model;
 
 use super::{break_even, fmt_ratio, median, ratio, utc_now};
 

@@ -21,11 +21,11 @@ use ioat_driver::model::{Preset, Timing};
 use ioat_driver::{ChannelConfig, Device};
 use netrx::copy::IoatEngine;
 use netrx::copy::{
-    BufferPool, Completion, Copier, CopierConfig, CopyEngine, CopyOp, CopyStats, EngineError,
+    BufferPool, Copier, CopierConfig, CopyEngine, CopyOp, CopyStats, EngineCompletion, EngineError,
     Event, FrameId, HeapRegion, MemRef, MonotonicClock, NoDma, PolicyConfig, PolicyKind,
     RecvRequest, RegionId, Regions, Segment,
 };
-use netrx::service::engine::new_model;
+use netrx::service::engines::new_model;
 
 use super::copy_sizes::loadavg;
 use super::{fmt_ratio, median, ratio, thread_cpu_ns, utc_now};
@@ -260,7 +260,7 @@ impl CopyEngine for IdealEngine {
             self.issued.push_back((cookie, self.device_free_ns));
         }
     }
-    fn poll(&mut self, _mem: &Regions, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, _mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize {
         let now = self.now_ns();
         let mut n = 0;
         while let Some(&(cookie, at)) = self.issued.front() {
@@ -268,7 +268,7 @@ impl CopyEngine for IdealEngine {
                 break;
             }
             self.issued.pop_front();
-            out.push(Completion {
+            out.push(EngineCompletion {
                 cookie,
                 status: Ok(()),
             });
@@ -313,7 +313,7 @@ impl<E: CopyEngine> CopyEngine for Timed<E> {
         self.flush_ns += t.elapsed().as_nanos() as u64;
         self.flushes += 1;
     }
-    fn poll(&mut self, mem: &Regions, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize {
         self.inner.poll(mem, out)
     }
     fn in_flight(&self) -> usize {

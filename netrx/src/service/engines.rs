@@ -7,7 +7,7 @@ use std::time::Duration;
 use ioat_driver::model::{ModelConfig, ModelDevice, Preset, Timing};
 
 use crate::copy::{
-    Completion, CopyEngine, CopyOp, CpuEngine, EngineError, IoatEngine, NullEngine, Regions,
+    CopyEngine, CopyOp, CpuEngine, EngineCompletion, EngineError, IoatEngine, NullEngine, Regions,
 };
 
 /// Default simulated timing of the model engine: 1.5 µs per descriptor plus 5 GB/s, in the
@@ -68,7 +68,7 @@ impl CopyEngine for AnyEngine {
     fn flush(&mut self, mem: &Regions) {
         each!(self, e => e.flush(mem))
     }
-    fn poll(&mut self, mem: &Regions, out: &mut Vec<Completion>) -> usize {
+    fn poll(&mut self, mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize {
         each!(self, e => e.poll(mem, out))
     }
     fn in_flight(&self) -> usize {
