@@ -1,7 +1,6 @@
 //! PCI device IDs of the I/OAT (Crystal Beach DMA) v3.0-3.4 functions, with platform names.
 //!
-//! Source: Linux `drivers/dma/ioat/hw.h` and `include/linux/pci_ids.h` as recorded in
-//! `shared/notes/ioat-facts-and-anchors.md` §1.3. The CB version here is the one the ID table
+//! Source: Linux `drivers/dma/ioat/hw.h` and `include/linux/pci_ids.h`. The CB version here is the one the ID table
 //! implies; the hardware's CBVER register can differ (SKX is listed with CB3.2 but reports
 //! 0x32 or 0x33).
 

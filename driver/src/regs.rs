@@ -1,7 +1,7 @@
 //! I/OAT (Crystal Beach DMA) v3.0-3.4 register map and the register-access trait.
 //!
-//! Offsets and bits follow Linux `drivers/dma/ioat/registers.h` as recorded in
-//! `shared/notes/ioat-facts-and-anchors.md` §1.1. General registers live at the start of
+//! Offsets and bits follow Linux `drivers/dma/ioat/registers.h` (see `docs/driver.md` for the
+//! register facts and their sources). General registers live at the start of
 //! BAR0; channel `n` has its registers at `0x80 * (n + 1)`.
 
 /// Register access at BAR0 offsets (and PCI config space for the few config registers the

@@ -194,7 +194,7 @@ fn chanerr_int_below_3_3_and_dmauncerrsts() {
 fn sixty_four_bit_registers_single_and_split_writes() {
     let d = dev(Preset::Skx);
     let m = DmaMem::new(&d, 8192);
-    // One 64-bit store: legal (hardware-rules ruling).
+    // One 64-bit store: legal (docs/driver.md, the rule on 64-bit registers).
     d.write64(CHANCMP, m.iova(0));
     assert_eq!(d.read64(CHANCMP), m.iova(0));
     d.write64(CHAINADDR, m.iova(64));

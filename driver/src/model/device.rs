@@ -1191,8 +1191,8 @@ impl RegisterAccess for ModelDevice {
     fn write32(&self, off: u32, val: u32) {
         self.mmio_write(off, 4, val as u64)
     }
-    /// A single 64-bit store: legal for CHAINADDR and CHANCMP (hardware-rules ruling on
-    /// 64-bit registers).
+    /// A single 64-bit store: legal for CHAINADDR and CHANCMP (`docs/driver.md`, the
+    /// fidelity table's rule on 64-bit registers).
     fn write64(&self, off: u32, val: u64) {
         self.mmio_write(off, 8, val)
     }

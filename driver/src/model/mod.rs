@@ -245,7 +245,7 @@ pub enum Fault {
     Slow { extra: Duration },
 }
 
-/// How strongly the sources back a rule (the tags of the hardware-rules file).
+/// How strongly the sources back a rule (the tags of the fidelity table in `docs/driver.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RuleTag {
     /// A source states it.
@@ -266,7 +266,7 @@ impl std::fmt::Display for RuleTag {
     }
 }
 
-/// Whether a violation is a hard fault or a warning. Per the hardware-rules file: \[stated\]
+/// Whether a violation is a hard fault or a warning (`docs/driver.md`): \[stated\]
 /// rules, and anything that makes the model raise a CHANERR bit, are errors; the rest warnings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Severity {
