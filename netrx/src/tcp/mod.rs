@@ -126,6 +126,11 @@ pub struct Config {
     pub challenge_ack_limit: u32,
     /// Secret for initial sequence numbers (RFC 6528); set it randomly in production.
     pub isn_secret: u64,
+    /// Header prediction: the common segment (established, next in order, ACK or ACK|PSH,
+    /// timestamps or no options, fits the window and memory, nothing out of order) is parsed
+    /// and queued by a short path that gives exactly the full path's result. Off: every frame
+    /// takes the full path (the reference; the differential tests compare the two).
+    pub fast_path: bool,
 }
 
 impl Default for Config {
@@ -156,6 +161,7 @@ impl Default for Config {
             comp_sack_delay: Duration::from_millis(1),
             challenge_ack_limit: 10,
             isn_secret: 0x6e65_7472_7820_6973,
+            fast_path: true,
         }
     }
 }
