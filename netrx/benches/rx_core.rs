@@ -1,5 +1,5 @@
 //! Receive-core benchmark: a synthetic stream of 1448- or 8948-byte segments, in order and 5%
-//! reordered, through netrx's endpoint and through smoltcp 0.12's TCP socket, side by side.
+//! reordered, through netrx's endpoint and through smoltcp 0.14's TCP socket, side by side.
 //!
 //! Both receivers get the same prebuilt frames (checksums verified by both), 32 frames per
 //! poll, and the payload is consumed by a memcpy into a 1 MiB application buffer, as a real
@@ -8,8 +8,29 @@
 //!
 //! Stream size: `NETRX_BENCH_BYTES` (default 64 MiB; the issue's 1 GiB is
 //! `NETRX_BENCH_BYTES=1073741824`). After the criterion groups a side-by-side pass prints
-//! netrx/smoltcp throughput ratios (median of `NETRX_BENCH_ROUNDS`, default 3, alternating runs).
-//! `NETRX_BENCH_SIDE=netrx` (or `smoltcp`) runs one side once per workload, for profilers.
+//! netrx/smoltcp throughput ratios (median of `NETRX_BENCH_ROUNDS`, default 3, alternating runs,
+//! and the median and range of the per-pair ratios); `-- only_side_by_side` (any criterion
+//! filter that matches nothing) skips the criterion groups.
+//! `NETRX_BENCH_SIDE=netrx` (or `smoltcp`) runs one side once per workload, for profilers
+//! (`NETRX_BENCH_ONLY=1448`, `1448r`, `8948` or `8948r` picks one workload).
+//!
+//! Instructions per segment, by callgrind (exact, repeatable; the one documented command):
+//!
+//! ```text
+//! NETRX_BENCH_CALLGRIND=only cargo bench -p netrx --bench rx_core
+//! ```
+//!
+//! runs this binary under `valgrind --tool=callgrind` once per side and workload (32 MiB
+//! streams unless `NETRX_BENCH_BYTES` says otherwise), collecting only the timed receive loop
+//! (`--toggle-collect=rx_core::netrx_loop` / `rx_core::smoltcp_loop`), and prints per segment:
+//! the total, the payload copy (netrx: the application's `copy_payload`; smoltcp: every
+//! memcpy, i.e. its copy into the socket ring and `recv_slice`'s copy out), the checksum
+//! verification (the difference to a second run with `NETRX_BENCH_CSUM=off`, where neither
+//! side verifies received checksums; the ACKs' checksums are computed in both) and the header
+//! path (the rest: parsing, lookup, TCP state, ACKs, read/release and the harness loop).
+//! `NETRX_BENCH_CALLGRIND_TOP=1` adds each side's top functions (per segment, exclusive and
+//! inclusive). With `NETRX_BENCH_CALLGRIND=1` the timed runs follow.
+//! `NETRX_BENCH_FULL_PATH=1` turns netrx's header prediction off (`Config::fast_path`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant as StdInstant};
@@ -22,7 +43,7 @@ use netrx::wire::{build_segment, parse, ChecksumMode, IpPair, ReplyAddrs, Segmen
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use smoltcp::iface::{Config as IfConfig, Interface, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
@@ -190,6 +211,12 @@ fn run_netrx(pool: &mut Pool, total: u64, app: &mut [u8]) -> (Duration, u64) {
         mtu: 9000,
         rcvbuf: 8 << 20,
         frame_truesize: truesize,
+        checksum: if verify_checksums() {
+            ChecksumMode::Verify
+        } else {
+            ChecksumMode::Trust
+        },
+        fast_path: std::env::var("NETRX_BENCH_FULL_PATH").is_err(),
         ..EpConfig::default()
     };
     let mut ep = Endpoint::new(cfg);
@@ -201,6 +228,20 @@ fn run_netrx(pool: &mut Pool, total: u64, app: &mut [u8]) -> (Duration, u64) {
     ep.on_frame(now, u64::MAX, &final_ack(isn), truesize);
     let id = ep.accept(PORT).expect("established");
     pool.set_ack(isn.wrapping_add(1));
+    netrx_loop(&mut ep, id, pool, total, app, truesize)
+}
+
+/// The timed receive loop (callgrind collects only this function: `--toggle-collect`).
+#[inline(never)]
+fn netrx_loop(
+    ep: &mut Endpoint,
+    id: netrx::tcp::ConnId,
+    pool: &mut Pool,
+    total: u64,
+    app: &mut [u8],
+    truesize: u32,
+) -> (Duration, u64) {
+    let now = EpInstant::from_millis(1);
     let mut app_off = 0usize;
     let mut got = 0u64;
     let mut lap = 0u64;
@@ -219,8 +260,10 @@ fn run_netrx(pool: &mut Pool, total: u64, app: &mut [u8]) -> (Duration, u64) {
                     app_off = 0;
                 }
                 let f = &pool.frames[seg.frame as usize];
-                app[app_off..app_off + len]
-                    .copy_from_slice(&f[seg.offset as usize..seg.offset as usize + len]);
+                copy_payload(
+                    &mut app[app_off..app_off + len],
+                    &f[seg.offset as usize..seg.offset as usize + len],
+                );
                 app_off += len;
                 got += len as u64;
                 ep.release(&seg).unwrap();
@@ -237,6 +280,12 @@ fn run_netrx(pool: &mut Pool, total: u64, app: &mut [u8]) -> (Duration, u64) {
     let el = start.elapsed();
     std::hint::black_box(&app);
     (el, got)
+}
+
+/// The application's copy (one function, so that callgrind can split it out).
+#[inline(never)]
+fn copy_payload(dst: &mut [u8], src: &[u8]) {
+    dst.copy_from_slice(src);
 }
 
 // ---------------------------------------------------------------- smoltcp
@@ -305,6 +354,11 @@ impl Device for Dev<'_> {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
         c.max_transmission_unit = 9014;
+        if !verify_checksums() {
+            // Received checksums are not verified; those of the ACKs are still computed.
+            c.checksum.ipv4 = Checksum::Tx;
+            c.checksum.tcp = Checksum::Tx;
+        }
         c
     }
 }
@@ -364,6 +418,20 @@ fn run_smoltcp(pool: &mut Pool, total: u64, app: &mut [u8]) -> (Duration, u64) {
     dev.keep_sent = false;
     assert!(sockets.get::<tcp::Socket>(h).is_active());
     dev.pool.set_ack(isn.wrapping_add(1));
+    smoltcp_loop(&mut iface, &mut dev, &mut sockets, h, total, app)
+}
+
+/// The timed receive loop (callgrind collects only this function: `--toggle-collect`).
+#[inline(never)]
+fn smoltcp_loop(
+    iface: &mut Interface,
+    dev: &mut Dev,
+    sockets: &mut SocketSet,
+    h: smoltcp::iface::SocketHandle,
+    total: u64,
+    app: &mut [u8],
+) -> (Duration, u64) {
+    let t = SmolInstant::from_millis(1);
     let mut app_off = 0usize;
     let mut got = 0u64;
     let mut lap = 0u64;
@@ -376,7 +444,7 @@ fn run_smoltcp(pool: &mut Pool, total: u64, app: &mut [u8]) -> (Duration, u64) {
                 dev.pool.prepare(i, lap);
                 dev.queue.push_back(i);
             }
-            iface.poll(t, &mut dev, &mut sockets);
+            iface.poll(t, dev, sockets);
             let s = sockets.get_mut::<tcp::Socket>(h);
             loop {
                 if app_off == app.len() {
@@ -433,11 +501,154 @@ fn handshake_poll(iface: &mut Interface, dev: &mut Dev, sockets: &mut SocketSet,
 
 // ---------------------------------------------------------------- main
 
+/// `NETRX_BENCH_CSUM=off`: neither side verifies received checksums (the callgrind report's
+/// checksum column is the difference).
+fn verify_checksums() -> bool {
+    std::env::var("NETRX_BENCH_CSUM").map_or(true, |v| v != "off")
+}
+
 fn total_bytes() -> u64 {
     std::env::var("NETRX_BENCH_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64 << 20)
+}
+
+// ---------------------------------------------------------------- callgrind
+
+/// Inclusive and exclusive instruction counts per function name from a callgrind output file.
+fn callgrind_costs(out: &std::path::Path) -> (u64, Vec<(String, u64, u64)>) {
+    let annotate = |inclusive: bool| -> String {
+        let o = std::process::Command::new("callgrind_annotate")
+            .arg(format!(
+                "--inclusive={}",
+                if inclusive { "yes" } else { "no" }
+            ))
+            .args(["--threshold=100", "--auto=no"])
+            .arg(out)
+            .output()
+            .expect("callgrind_annotate (from valgrind) must be installed");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Inclusive listings name a function once per source file it has code from (inlined code
+    // is listed under its own file): the largest entry is the function's inclusive cost.
+    // Exclusive entries are summed.
+    let parse = |text: &str, inclusive: bool| -> (u64, std::collections::HashMap<String, u64>) {
+        let mut total = 0;
+        let mut by_fn = std::collections::HashMap::new();
+        for line in text.lines() {
+            let line = line.trim_start();
+            let Some((num, rest)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(n) = num.replace(',', "").parse::<u64>() else {
+                continue;
+            };
+            let Some((_, rest)) = rest.split_once(')') else {
+                continue;
+            };
+            let rest = rest.trim();
+            if rest.starts_with("PROGRAM TOTALS") {
+                total = n;
+                continue;
+            }
+            // `file:function [object]`; inlined code is listed under its source file.
+            let rest = rest.rsplit_once(" [").map_or(rest, |(a, _)| a);
+            let func = rest.split_once(':').map_or(rest, |(_, f)| f);
+            if inclusive {
+                let e: &mut u64 = by_fn.entry(func.to_string()).or_default();
+                *e = (*e).max(n);
+            } else {
+                *by_fn.entry(func.to_string()).or_default() += n;
+            }
+        }
+        (total, by_fn)
+    };
+    let (total, inc) = parse(&annotate(true), true);
+    let (_, exc) = parse(&annotate(false), false);
+    let mut v: Vec<(String, u64, u64)> = inc
+        .iter()
+        .map(|(k, &i)| (k.clone(), i, exc.get(k).copied().unwrap_or(0)))
+        .collect();
+    v.sort_by_key(|x| std::cmp::Reverse(x.2));
+    (total, v)
+}
+
+/// `NETRX_BENCH_CALLGRIND`: instructions per segment of both receive loops under callgrind.
+fn callgrind_report(bytes: Option<String>) {
+    let exe = std::env::current_exe().expect("own path");
+    let bytes = bytes.unwrap_or_else(|| (32u64 << 20).to_string());
+    let dir = std::env::temp_dir().join(format!("rx_core_callgrind.{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    println!(
+        "callgrind, only the timed receive loop collected, {} MiB per run ({})",
+        bytes.parse::<u64>().unwrap_or(0) >> 20,
+        dir.display()
+    );
+    println!(
+        "{:8} {:8} {:>9} {:>8} {:>8} {:>8} {:>8}   (instructions per segment)",
+        "workload", "side", "segments", "total", "copy", "checksum", "header"
+    );
+    for wl in ["1448", "1448r", "8948", "8948r"] {
+        let seg: u64 = wl.trim_end_matches('r').parse().expect("size");
+        for side in ["netrx", "smoltcp"] {
+            let run = |csum: &str| -> (u64, u64, Vec<(String, u64, u64)>) {
+                let out = dir.join(format!("callgrind.{side}.{wl}.csum-{csum}.out"));
+                let run = std::process::Command::new("valgrind")
+                    .args(["--tool=callgrind", "--quiet"])
+                    .arg(format!("--callgrind-out-file={}", out.display()))
+                    .arg(format!("--toggle-collect=rx_core::{side}_loop"))
+                    .arg(&exe)
+                    .env_remove("NETRX_BENCH_CALLGRIND")
+                    .env("NETRX_BENCH_SIDE", side)
+                    .env("NETRX_BENCH_ONLY", wl)
+                    .env("NETRX_BENCH_BYTES", &bytes)
+                    .env("NETRX_BENCH_CSUM", csum)
+                    .output()
+                    .expect("valgrind must be installed (apt-get install valgrind)");
+                let stdout = String::from_utf8_lossy(&run.stdout);
+                assert!(run.status.success(), "valgrind run failed: {stdout}");
+                // "<side> <seg>B reorder=..: <got> bytes, .."
+                let got: u64 = stdout
+                    .split(": ")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .expect("child's byte count");
+                let (total, fns) = callgrind_costs(&out);
+                (got, total, fns)
+            };
+            let (got, total, fns) = run("on");
+            let (got_off, total_off, _) = run("off");
+            assert_eq!(got, got_off, "same stream with and without checksums");
+            let segs = got / seg;
+            let copy: u64 = if side == "netrx" {
+                fns.iter()
+                    .filter(|f| f.0 == "rx_core::copy_payload")
+                    .map(|f| f.1)
+                    .sum()
+            } else {
+                fns.iter()
+                    .filter(|f| f.0.contains("memcpy") || f.0.contains("memmove"))
+                    .map(|f| f.2)
+                    .sum()
+            };
+            let csum = total.saturating_sub(total_off);
+            let per = |x: u64| x as f64 / segs as f64;
+            println!(
+                "{wl:8} {side:8} {segs:>9} {:>8.0} {:>8.0} {:>8.0} {:>8.0}",
+                per(total),
+                per(copy),
+                per(csum),
+                per(total - copy - csum)
+            );
+            if std::env::var("NETRX_BENCH_CALLGRIND_TOP").is_ok() {
+                for (name, i, e) in fns.iter().take(25) {
+                    println!("      {:>8.1} self {:>8.1} incl  {name}", per(*e), per(*i));
+                }
+            }
+        }
+    }
 }
 
 fn main() {
@@ -447,6 +658,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let mut app = vec![0u8; APP_BUF];
+    if let Ok(mode) = std::env::var("NETRX_BENCH_CALLGRIND") {
+        callgrind_report(std::env::var("NETRX_BENCH_BYTES").ok());
+        if mode == "only" {
+            return;
+        }
+    }
     let workloads = [
         (1448usize, false),
         (1448, true),
@@ -456,7 +673,14 @@ fn main() {
     // `NETRX_BENCH_SIDE=netrx|smoltcp`: one run of one side per workload and nothing else (for
     // profilers such as callgrind).
     if let Ok(side) = std::env::var("NETRX_BENCH_SIDE") {
+        let only = std::env::var("NETRX_BENCH_ONLY").ok();
         for &(seg, reorder) in &workloads {
+            if only
+                .as_deref()
+                .is_some_and(|o| o != format!("{seg}{}", if reorder { "r" } else { "" }))
+            {
+                continue;
+            }
             let mut pool = Pool::new(seg, total, reorder);
             let (d, got) = if side == "smoltcp" {
                 run_smoltcp(&mut pool, total, &mut app)
@@ -501,25 +725,38 @@ fn main() {
         // Side by side, alternating, median of `rounds`.
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
-        for _ in 0..rounds {
-            let (a, ga) = run_netrx(&mut pool, total, &mut app);
-            let (b, gb) = run_smoltcp(&mut pool, total, &mut app);
+        let mut pairs = Vec::new();
+        for r in 0..rounds {
+            // Alternate which side goes first; each pair runs back to back, so its ratio sees
+            // the same machine load (the host's load swings between phases of a few seconds).
+            let ((a, ga), (b, gb)) = if r % 2 == 0 {
+                let x = run_netrx(&mut pool, total, &mut app);
+                (x, run_smoltcp(&mut pool, total, &mut app))
+            } else {
+                let y = run_smoltcp(&mut pool, total, &mut app);
+                (run_netrx(&mut pool, total, &mut app), y)
+            };
             assert!(ga >= total && gb >= total);
             ours.push(a);
             theirs.push(b);
+            pairs.push(b.as_secs_f64() / a.as_secs_f64());
         }
         ours.sort();
         theirs.sort();
+        pairs.sort_by(f64::total_cmp);
         let (a, b) = (ours[rounds / 2], theirs[rounds / 2]);
         let gbps = |d: Duration| total as f64 * 8.0 / d.as_secs_f64() / 1e9;
         let segs = total as f64 / seg as f64;
         summary.push(format!(
-            "{name:28} netrx {:6.1} Gbit/s ({:5.0} ns/seg)  smoltcp {:6.1} Gbit/s ({:5.0} ns/seg)  ratio netrx/smoltcp {:.2}",
+            "{name:28} netrx {:6.1} Gbit/s ({:5.0} ns/seg)  smoltcp {:6.1} Gbit/s ({:5.0} ns/seg)  ratio netrx/smoltcp {:.2}  (pairs: median {:.2}, {:.2}-{:.2})",
             gbps(a),
             a.as_nanos() as f64 / segs,
             gbps(b),
             b.as_nanos() as f64 / segs,
-            b.as_secs_f64() / a.as_secs_f64()
+            b.as_secs_f64() / a.as_secs_f64(),
+            pairs[rounds / 2],
+            pairs[0],
+            pairs[rounds - 1]
         ));
     }
     c.final_summary();

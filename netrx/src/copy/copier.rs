@@ -13,7 +13,7 @@
 //! - a DMA op that fails, or is aborted after a timeout, is copied again by CPU from the frame,
 //!   which is still held; the engine's contract guarantees it no longer writes after reporting.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -201,7 +201,10 @@ pub struct Copier<E: CopyEngine> {
     clock: Box<dyn Clock>,
     streams: Vec<StreamState>,
     frames: HashMap<FrameId, u32>,
-    inflight: BTreeMap<u64, OpInfo>,
+    /// Ops submitted and not yet completed, in submission order (cookie, op). Engines report
+    /// completions in that order (the I/OAT ring does), so the match is the front entry; a
+    /// completion out of order is found by a scan.
+    inflight: VecDeque<(u64, OpInfo)>,
     pending: Option<OpInfo>,
     unflushed: usize,
     backlog: usize,
@@ -224,7 +227,7 @@ impl<E: CopyEngine> Copier<E> {
             clock,
             streams: Vec::new(),
             frames: HashMap::new(),
-            inflight: BTreeMap::new(),
+            inflight: VecDeque::new(),
             pending: None,
             unflushed: 0,
             backlog: 0,
@@ -700,7 +703,7 @@ impl<E: CopyEngine> Copier<E> {
                 self.count(op.stream, |c| c.copy_ns += dt);
                 self.policy.model_mut().record_dma_cpu(1, dt);
                 self.backlog += op.len;
-                self.inflight.insert(cookie, op);
+                self.inflight.push_back((cookie, op));
                 self.unflushed += 1;
                 if self.unflushed >= self.policy.max_batch() {
                     self.doorbell();
@@ -772,7 +775,11 @@ impl<E: CopyEngine> Copier<E> {
         let now = self.clock.now_ns();
         let n = done.len();
         for c in done.drain(..) {
-            let Some(op) = self.inflight.remove(&c.cookie) else {
+            let at = match self.inflight.front() {
+                Some((k, _)) if *k == c.cookie => Some(0),
+                _ => self.inflight.iter().position(|(k, _)| *k == c.cookie),
+            };
+            let Some((_, op)) = at.and_then(|i| self.inflight.remove(i)) else {
                 continue;
             };
             self.backlog -= op.len;
@@ -810,7 +817,7 @@ impl<E: CopyEngine> Copier<E> {
         }
         // Overdue op: stop the engine; its ops come back as aborted on the next poll and are
         // redone by CPU then (never before: until reported, the engine may still write).
-        if let Some((_, oldest)) = self.inflight.first_key_value() {
+        if let Some((_, oldest)) = self.inflight.front() {
             if now.saturating_sub(oldest.submit_ns) > self.cfg.dma_timeout_ns {
                 self.engine.abort(&self.mem);
                 self.stats.dma_timeouts += 1;

@@ -7,6 +7,7 @@ use super::reasm::{Insert, Reasm, SegRef};
 use super::seq;
 use super::timers::{earliest, Backoff, Instant};
 use super::{Config, ConnError, ConnId, ConnStats, FrameId, State};
+use crate::wire::fast::FastSeg;
 use crate::wire::tcp::{OptionsOut, TcpFlags};
 use crate::wire::{IpPair, Packet, ReplyAddrs, SegmentSpec, TxFrame};
 
@@ -254,7 +255,7 @@ impl Conn {
             window,
             options,
         };
-        io.tx.push_back(TxFrame::build(&self.addrs, &spec));
+        TxFrame::push_built(io.tx, &self.addrs, &spec);
     }
 
     fn send_synack(&mut self, now: Instant, io: &mut Io) {
@@ -419,6 +420,7 @@ impl Conn {
         }
     }
 
+    #[inline]
     fn alloc_slot(&mut self, frame: FrameId, truesize: u32) -> u32 {
         self.mem += truesize as u64;
         let h = HeldFrame {
@@ -439,6 +441,7 @@ impl Conn {
     }
 
     /// Drops one reference to a slot; frees the frame when none remain.
+    #[inline]
     fn unref(&mut self, slot: u32, released: &mut Vec<FrameId>) {
         let h = &mut self.frames[slot as usize];
         h.refs -= 1;
@@ -724,7 +727,7 @@ impl Conn {
 
         let mut immediate_ack = false;
         if len > 0 {
-            self.sample_rcv_rtt(p, now);
+            self.sample_rcv_rtt(t.options.timestamps, now);
             if len > self.rcv_mss {
                 self.rcv_mss = len.min(self.our_mss);
             }
@@ -893,6 +896,107 @@ impl Conn {
         }
     }
 
+    /// Header prediction (Van Jacobson): whether `s` is the segment the full path
+    /// ([`Conn::on_segment`]) would simply append to the in-order queue. True exactly when the
+    /// full path would take none of its other branches: established, no RST/SYN/FIN (the
+    /// parser checked), PAWS passes, exactly the next sequence number with the window open for
+    /// all of it, the ACK field acknowledging exactly what we sent, the application not closed,
+    /// nothing out of order (no reassembly to pull, no pending FIN) and room in memory without
+    /// pruning. Pure: the caller verifies the checksum before [`Conn::fast_apply`].
+    #[inline(always)]
+    pub fn fast_accepts(&self, s: &FastSeg, truesize: u32, now: Instant) -> bool {
+        if self.state != State::Established
+            || s.seq != self.rcv_nxt
+            || s.ack != self.snd_una
+            || self.app_closed
+            || self.ooo_fin.is_some()
+            || !self.reasm.is_empty()
+            || self.mem + truesize as u64 > self.rcvbuf as u64
+            || s.payload_len > self.advertised_window()
+        {
+            return false;
+        }
+        // PAWS (the same test as the full path): a segment it would drop is not predicted.
+        if self.ts_ok {
+            if let Some((tsval, _)) = s.ts {
+                if (self.ts_recent.wrapping_sub(tsval) as i32) > PAWS_WINDOW
+                    && now.as_millis().saturating_sub(self.ts_recent_ms) < TWENTY_FOUR_DAYS_MS
+                {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Appends a segment [`Conn::fast_accepts`] accepted (and whose checksum was verified) to
+    /// the in-order queue: the full path's effects for that case, so that state, counters and
+    /// ACKs are identical (the connection always has news: data was queued). Returns whether
+    /// the segment wants the batch-end ACK (`Outcome::batch_ack` of the full path).
+    #[inline(always)]
+    pub fn fast_apply<'a>(
+        &mut self,
+        s: &FastSeg,
+        frame: FrameId,
+        truesize: u32,
+        now: Instant,
+        io: impl FnOnce() -> Io<'a>,
+    ) -> bool {
+        self.stats.segments_in += 1;
+        self.last_rx = now;
+        // ACK field: equal to snd_una (checked), so only the peer's window is recorded.
+        self.max_snd_wnd = self.max_snd_wnd.max((s.window as u32) << self.snd_wscale);
+        if self.ts_ok {
+            if let Some((tsval, ecr)) = s.ts {
+                // Timestamp bookkeeping (RFC 7323 4.3).
+                if seq::le(s.seq, self.last_ack_sent) && seq::ge(tsval, self.ts_recent) {
+                    self.ts_recent = tsval;
+                    self.ts_recent_ms = now.as_millis();
+                }
+                self.sample_rcv_rtt(Some((tsval, ecr)), now);
+            }
+        }
+        let len = s.payload_len;
+        if len > self.rcv_mss {
+            self.rcv_mss = len.min(self.our_mss);
+        }
+        if len >= self.rcv_mss {
+            self.ratio_num = len.min(truesize.max(1));
+            self.ratio_den = truesize.max(1);
+        }
+        let slot = self.alloc_slot(frame, truesize);
+        self.push_in_order(SegRef {
+            slot,
+            off: s.payload_offset,
+            len,
+            start: self.rcv_off,
+            psh: s.psh(),
+        });
+        self.unacked_bytes += len;
+        // The full path's ACK decision for in-order data (see `on_segment`).
+        let mut io = io();
+        let mut immediate_ack = false;
+        let mut batch_ack = false;
+        if self.quickack > 0 {
+            self.quickack -= 1;
+            immediate_ack = true;
+        }
+        if self.unacked_bytes >= 2 * self.rcv_mss {
+            if io.cfg.batch_acks && self.unacked_bytes < self.ack_stretch(io.cfg) {
+                batch_ack = true;
+            } else {
+                immediate_ack = true;
+            }
+        }
+        if immediate_ack {
+            self.send_ack(now, &mut io);
+        } else if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(now + io.cfg.delayed_ack);
+            self.stats.delayed_acks += 1;
+        }
+        batch_ack
+    }
+
     /// Truesize of the frames held by the out-of-order store.
     pub fn ooo_mem(&self) -> u64 {
         self.ooo_truesize
@@ -946,11 +1050,12 @@ impl Conn {
     }
 
     /// Updates the receive RTT estimate from the echoed timestamp of a data segment.
-    fn sample_rcv_rtt(&mut self, p: &Packet, now: Instant) {
+    #[inline]
+    fn sample_rcv_rtt(&mut self, ts: Option<(u32, u32)>, now: Instant) {
         if !self.ts_ok {
             return;
         }
-        if let Some((_, ecr)) = p.tcp.options.timestamps {
+        if let Some((_, ecr)) = ts {
             if ecr == 0 {
                 return;
             }
@@ -988,6 +1093,7 @@ impl Conn {
         debug_assert_eq!(v.len(), 1);
     }
 
+    #[inline]
     fn push_in_order(&mut self, g: SegRef) {
         self.rcv_nxt = self.rcv_nxt.wrapping_add(g.len);
         self.rcv_off += g.len as u64;
@@ -1049,6 +1155,7 @@ impl Conn {
 
     /// Takes up to `max` bytes from the head of the in-order queue. The frame stays referenced
     /// until [`Conn::release`] is called for the returned piece.
+    #[inline]
     pub fn read(&mut self, max: usize) -> Option<(FrameId, SegRef)> {
         let head = self.in_order.front_mut()?;
         let n = (max.min(u32::MAX as usize) as u32).min(head.len);
@@ -1074,9 +1181,10 @@ impl Conn {
 
     /// The consumer is done with a piece. Frees its frame when nothing else references it and
     /// sends a window update when the window grew enough (Linux `tcp_cleanup_rbuf` rule).
-    pub fn release(&mut self, slot: u32, io: &mut Io) {
+    #[inline]
+    pub fn release(&mut self, slot: u32, released: &mut Vec<FrameId>) {
         self.pieces_out -= 1;
-        self.unref(slot, io.released);
+        self.unref(slot, released);
     }
 
     pub fn maybe_window_update(&mut self, now: Instant, io: &mut Io) {

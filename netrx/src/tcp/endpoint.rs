@@ -7,13 +7,16 @@ use super::conn::{Conn, Io, Outcome};
 use super::reasm::SegRef;
 use super::timers::{earliest, Instant};
 use super::{Config, ConnId, ConnInfo, FrameId, State, TcpError};
+use crate::wire::fast::{self, FlowBytes};
 use crate::wire::tcp::{OptionsOut, TcpFlags};
-use crate::wire::{self, IpPair, Packet, ReplyAddrs, SegmentSpec, TxFrame, WireError};
+use crate::wire::{
+    self, ChecksumMode, IpPair, Packet, ReplyAddrs, SegmentSpec, TxFrame, WireError,
+};
 
 /// Whether the endpoint kept a reference to a frame it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameDisposition {
-    /// The frame is referenced; it comes back through [`Endpoint::take_released`].
+    /// The frame is referenced; it comes back as [`EndpointEvent::FrameReleased`].
     Held,
     /// Not referenced: the shell may reuse the frame at once.
     Free,
@@ -36,6 +39,7 @@ pub struct RxSegment {
 }
 
 impl RxSegment {
+    #[inline]
     fn new(conn: ConnId, frame: FrameId, g: SegRef) -> Self {
         RxSegment {
             conn,
@@ -71,6 +75,8 @@ pub enum EndpointEvent {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndpointStats {
     pub frames_in: u64,
+    /// Frames taken by header prediction (`Config::fast_path`); the rest took the full path.
+    pub fast_path: u64,
     pub parse_errors: u64,
     pub fragments: u64,
     pub bad_checksums: u64,
@@ -112,6 +118,29 @@ impl FlowKey {
     }
 }
 
+/// Entries of the header-prediction flow cache (direct-mapped by [`FlowBytes::hash`]).
+const FLOW_CACHE: usize = 64;
+
+/// A flow-cache entry: the IPv4 flow's wire bytes and its connection slot. The key is always
+/// compared whole, so collisions (even crafted ones) only cost a miss and the full path.
+#[derive(Debug, Clone, Copy)]
+struct FlowEntry {
+    key: FlowBytes,
+    idx: u32,
+    gen: u32,
+}
+
+const NO_FLOW: FlowEntry = FlowEntry {
+    key: FlowBytes { addrs: 0, ports: 0 },
+    idx: u32::MAX,
+    gen: 0,
+};
+
+#[inline]
+fn flow_slot(key: &FlowBytes) -> usize {
+    (key.hash() >> (64 - FLOW_CACHE.trailing_zeros())) as usize
+}
+
 #[derive(Debug, Default)]
 struct Listener {
     embryonic: usize,
@@ -139,6 +168,8 @@ pub struct Endpoint {
     live: usize,
     map: HashMap<FlowKey, u32>,
     last: Option<(FlowKey, u32)>,
+    /// Header prediction's flow lookup: no general-purpose hash, an exact compare.
+    flows: Box<[FlowEntry; FLOW_CACHE]>,
     tx: VecDeque<TxFrame>,
     released: Vec<FrameId>,
     events: VecDeque<EndpointEvent>,
@@ -159,6 +190,7 @@ impl Endpoint {
             live: 0,
             map: HashMap::new(),
             last: None,
+            flows: Box::new([NO_FLOW; FLOW_CACHE]),
             tx: VecDeque::new(),
             released: Vec::new(),
             events: VecDeque::new(),
@@ -238,6 +270,7 @@ impl Endpoint {
         Ok(f(c, &mut io))
     }
 
+    #[inline]
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         let s = self.slots.get_mut(id.idx as usize)?;
         if s.gen != id.gen {
@@ -249,6 +282,7 @@ impl Endpoint {
     /// Parses `bytes` and processes the segment. `frame` identifies the buffer for later
     /// release; `truesize` is what it costs against rcvbuf (the UMEM chunk size, or several for
     /// a multi-buffer frame).
+    #[inline]
     pub fn on_frame(
         &mut self,
         now: Instant,
@@ -257,6 +291,24 @@ impl Endpoint {
         truesize: u32,
     ) -> FrameDisposition {
         self.stats.frames_in += 1;
+        if self.cfg.fast_path {
+            if let Some(d) = self.on_frame_fast(now, frame, bytes, truesize) {
+                return d;
+            }
+        }
+        self.on_frame_full(now, frame, bytes, truesize)
+    }
+
+    /// The full path: [`wire::parse`] and [`Endpoint::on_packet`], the reference for every
+    /// frame.
+    #[inline(never)]
+    fn on_frame_full(
+        &mut self,
+        now: Instant,
+        frame: FrameId,
+        bytes: &[u8],
+        truesize: u32,
+    ) -> FrameDisposition {
         match wire::parse(bytes, self.cfg.checksum) {
             Ok(p) => self.on_packet(now, &p, frame, truesize),
             Err(e) => {
@@ -271,6 +323,61 @@ impl Endpoint {
                 }
                 FrameDisposition::Free
             }
+        }
+    }
+
+    /// Header prediction: the common data segment of a cached flow, parsed with
+    /// [`fast::parse`] and appended by [`Conn::fast_apply`]; `None` (nothing changed) for
+    /// anything else, which the full path then handles. The result is exactly the full path's.
+    #[inline(always)]
+    fn on_frame_fast(
+        &mut self,
+        now: Instant,
+        frame: FrameId,
+        bytes: &[u8],
+        truesize: u32,
+    ) -> Option<FrameDisposition> {
+        let s = fast::parse(bytes)?;
+        let e = self.flows[flow_slot(&s.key)];
+        if e.key != s.key {
+            return None;
+        }
+        let slot = self.slots.get_mut(e.idx as usize)?;
+        if slot.gen != e.gen {
+            return None;
+        }
+        let c = slot.conn.as_deref_mut()?;
+        if !c.fast_accepts(&s, truesize, now) {
+            return None;
+        }
+        // A bad checksum is counted (and the frame dropped) by the full path.
+        if self.cfg.checksum == ChecksumMode::Verify && !fast::verify(bytes, &s) {
+            return None;
+        }
+        let (cfg, tx, released) = (&self.cfg, &mut self.tx, &mut self.released);
+        let batch_ack = c.fast_apply(&s, frame, truesize, now, || Io { cfg, tx, released });
+        self.stats.fast_path += 1;
+        // `after` for an established connection that got data (no FIN, no error here).
+        let id = c.id;
+        if batch_ack && self.ack_check.last() != Some(&id) {
+            self.ack_check.push(id);
+        }
+        if !c.in_ready && c.accepted {
+            c.in_ready = true;
+            self.events.push_back(EndpointEvent::Readable(id));
+        }
+        Some(FrameDisposition::Held)
+    }
+
+    /// Remembers an IPv4 flow's slot for header prediction.
+    fn cache_flow(&mut self, p: &Packet, idx: u32) {
+        if let IpPair::V4 { src, dst } = p.ip {
+            let key = FlowBytes::v4(src, dst, p.tcp.src_port, p.tcp.dst_port);
+            self.flows[flow_slot(&key)] = FlowEntry {
+                key,
+                idx,
+                gen: self.slots[idx as usize].gen,
+            };
         }
     }
 
@@ -289,6 +396,9 @@ impl Endpoint {
         };
         if let Some(idx) = idx {
             self.last = Some((key, idx));
+            if self.cfg.fast_path {
+                self.cache_flow(p, idx);
+            }
             let time_wait_syn = p.tcp.flags.syn() && !p.tcp.flags.ack() && {
                 let c = self.slots[idx as usize]
                     .conn
@@ -407,6 +517,11 @@ impl Endpoint {
         }
         if self.last.is_some_and(|(_, i)| i == idx) {
             self.last = None;
+        }
+        for e in self.flows.iter_mut() {
+            if e.idx == idx {
+                *e = NO_FLOW;
+            }
         }
     }
 
@@ -713,6 +828,7 @@ impl Endpoint {
 
     /// Takes up to `max` bytes from the head of the in-order queue (at most one segment). The
     /// frame stays referenced until [`Endpoint::release`] is called for the piece.
+    #[inline]
     pub fn read(&mut self, id: ConnId, max: usize) -> Result<Option<RxSegment>, TcpError> {
         let c = self.conn_mut(id).ok_or(TcpError::UnknownConnection)?;
         Ok(c.read(max).map(|(frame, g)| RxSegment::new(id, frame, g)))
@@ -721,19 +837,28 @@ impl Endpoint {
     /// The consumer finished with a piece from [`Endpoint::read`] (its copies completed).
     /// A window update, if the freed memory warrants one, is sent by the next [`Endpoint::flush`]
     /// (or `handle_timeout`, `consume`), so that a batch of releases sends one update.
+    #[inline]
     pub fn release(&mut self, seg: &RxSegment) -> Result<(), TcpError> {
-        let idx = seg.conn.idx;
-        self.with_conn(seg.conn, |c, io| {
-            if c.pieces_out == 0 {
-                return Err(TcpError::BadRelease);
-            }
-            c.release(seg.slot, io);
-            Ok(())
-        })??;
-        if self.wnd_check.last() != Some(&seg.conn) {
-            self.wnd_check.push(seg.conn);
+        let id = seg.conn;
+        let s = self
+            .slots
+            .get_mut(id.idx as usize)
+            .ok_or(TcpError::UnknownConnection)?;
+        if s.gen != id.gen {
+            return Err(TcpError::UnknownConnection);
         }
-        self.reap(idx);
+        let c = s.conn.as_deref_mut().ok_or(TcpError::UnknownConnection)?;
+        if c.pieces_out == 0 {
+            return Err(TcpError::BadRelease);
+        }
+        c.release(seg.slot, &mut self.released);
+        let closed = c.state == State::Closed;
+        if self.wnd_check.last() != Some(&id) {
+            self.wnd_check.push(id);
+        }
+        if closed {
+            self.reap(id.idx);
+        }
         Ok(())
     }
 

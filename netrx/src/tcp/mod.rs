@@ -141,6 +141,11 @@ pub struct Config {
     /// The most bytes one batch-end ACK acknowledges (GRO's 64 KB aggregate); also bounded by a
     /// quarter of the receive window, so the sender's window keeps moving.
     pub ack_stretch: u32,
+    /// Header prediction: the common segment (established, next in order, ACK or ACK|PSH,
+    /// timestamps or no options, fits the window and memory, nothing out of order) is parsed
+    /// and queued by a short path that gives exactly the full path's result. Off: every frame
+    /// takes the full path (the reference; the differential tests compare the two).
+    pub fast_path: bool,
 }
 
 impl Default for Config {
@@ -174,6 +179,7 @@ impl Default for Config {
             syn_cookies: true,
             batch_acks: true,
             ack_stretch: 64 << 10,
+            fast_path: true,
         }
     }
 }

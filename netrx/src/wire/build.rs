@@ -64,16 +64,40 @@ pub struct TxFrame {
 }
 
 impl TxFrame {
+    const EMPTY: TxFrame = TxFrame {
+        buf: [0; MAX_CONTROL_FRAME],
+        len: 0,
+    };
+
     /// Builds a payload-less frame.
     pub fn build(addrs: &ReplyAddrs, spec: &SegmentSpec) -> TxFrame {
-        let mut f = TxFrame {
-            buf: [0; MAX_CONTROL_FRAME],
-            len: 0,
-        };
-        let n =
-            build_segment(addrs, spec, &[], &mut f.buf).expect("control frames fit in 128 bytes");
-        f.len = n as u8;
+        let mut f = TxFrame::EMPTY;
+        f.fill(addrs, spec);
         f
+    }
+
+    /// Builds a payload-less frame in place at the back of `queue` (no copy of the frame).
+    pub fn push_built(
+        queue: &mut std::collections::VecDeque<TxFrame>,
+        addrs: &ReplyAddrs,
+        spec: &SegmentSpec,
+    ) {
+        queue.push_back(TxFrame::EMPTY);
+        if let Some(f) = queue.back_mut() {
+            f.fill(addrs, spec);
+        }
+    }
+
+    /// Writes the frame into a zeroed buffer.
+    fn fill(&mut self, addrs: &ReplyAddrs, spec: &SegmentSpec) {
+        let n = match addrs.ip {
+            IpPair::V4 { src, dst } if plain_options(&spec.options) => {
+                build_plain_v4(addrs, src, dst, spec, &mut self.buf)
+            }
+            _ => build_segment(addrs, spec, &[], &mut self.buf)
+                .expect("control frames fit in 128 bytes"),
+        };
+        self.len = n as u8;
     }
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len as usize]
@@ -84,6 +108,69 @@ impl std::fmt::Debug for TxFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TxFrame({} bytes)", self.len)
     }
+}
+
+/// Options of the common ACK: timestamps or nothing.
+#[inline]
+fn plain_options(o: &OptionsOut) -> bool {
+    o.mss.is_none() && o.window_scale.is_none() && !o.sack_permitted && o.sack_count == 0
+}
+
+/// The common control frame (IPv4, no payload, no options or only timestamps) at fixed offsets,
+/// with its checksums summed inline: byte for byte what [`build_segment`] writes (the unit test
+/// compares them), in about a third of the instructions. `buf` is zeroed.
+fn build_plain_v4(
+    addrs: &ReplyAddrs,
+    src: [u8; 4],
+    dst: [u8; 4],
+    spec: &SegmentSpec,
+    buf: &mut [u8; MAX_CONTROL_FRAME],
+) -> usize {
+    let l3 = if addrs.vlan.is_some() { 18 } else { 14 };
+    let olen = if spec.options.timestamps.is_some() {
+        12
+    } else {
+        0
+    };
+    let tcp_len = 20 + olen;
+    let eh = EthHeader {
+        dst: addrs.remote_mac,
+        src: addrs.local_mac,
+        vlan: addrs.vlan,
+        ethertype: super::ETHERTYPE_IPV4,
+    };
+    eth::write(&eh, &mut buf[..l3]);
+    ipv4::write(&mut buf[l3..l3 + 20], src, dst, tcp_len, 64);
+    let t = l3 + 20;
+    let h = &mut buf[t..t + 32];
+    h[0..2].copy_from_slice(&addrs.local_port.to_be_bytes());
+    h[2..4].copy_from_slice(&addrs.remote_port.to_be_bytes());
+    h[4..8].copy_from_slice(&spec.seq.to_be_bytes());
+    h[8..12].copy_from_slice(&spec.ack.to_be_bytes());
+    h[12] = ((tcp_len / 4) as u8) << 4;
+    h[13] = spec.flags;
+    h[14..16].copy_from_slice(&spec.window.to_be_bytes());
+    if let Some((val, ecr)) = spec.options.timestamps {
+        // `OptionsOut::write` without SACK-permitted: NOP NOP TS.
+        h[20..24].copy_from_slice(&[1, 1, 8, 10]);
+        h[24..28].copy_from_slice(&val.to_be_bytes());
+        h[28..32].copy_from_slice(&ecr.to_be_bytes());
+    }
+    // Pseudo-header and the (zero-padded, checksum-zero) 32 bytes of TCP header and options.
+    let l = (tcp_len as u16).to_be_bytes();
+    let a = [
+        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+    ];
+    let mut c = Checksum::new();
+    c.add_word(u64::from_ne_bytes(a));
+    c.add_word(u32::from_ne_bytes([0, 6, l[0], l[1]]) as u64);
+    for w in h.chunks_exact(8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        c.add_word(u64::from_ne_bytes(b));
+    }
+    h[16..18].copy_from_slice(&c.finish().to_be_bytes());
+    t + tcp_len
 }
 
 /// Builds a complete frame with `payload` into `out`; returns its length, or `None` when `out`
@@ -126,10 +213,26 @@ pub fn build_segment(
     h[13] = spec.flags;
     h[14..16].copy_from_slice(&spec.window.to_be_bytes());
     h[16..20].copy_from_slice(&[0, 0, 0, 0]);
-    out[t + 20..t + 20 + olen].copy_from_slice(&opts[..olen]);
+    if let Some(room) = out.get_mut(t + 20..t + 60) {
+        // A fixed-size copy (no memcpy call); the payload, if any, overwrites the zeros.
+        room.copy_from_slice(&opts);
+    } else {
+        out[t + 20..t + 20 + olen].copy_from_slice(&opts[..olen]);
+    }
     out[t + 20 + olen..t + tcp_len].copy_from_slice(payload);
     let mut c = Checksum::new();
-    addrs.ip.add_pseudo_header(&mut c, tcp_len);
+    match addrs.ip {
+        IpPair::V4 { src, dst } => {
+            // The pseudo-header as two words: the addresses, and zero, protocol, length.
+            let a = [
+                src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+            ];
+            let l = (tcp_len as u16).to_be_bytes();
+            c.add_word(u64::from_ne_bytes(a));
+            c.add_word(u32::from_ne_bytes([0, 6, l[0], l[1]]) as u64);
+        }
+        IpPair::V6 { .. } => addrs.ip.add_pseudo_header(&mut c, tcp_len),
+    }
     c.add(&out[t..t + tcp_len]);
     let sum = c.finish();
     out[t + 16..t + 18].copy_from_slice(&sum.to_be_bytes());
@@ -159,6 +262,41 @@ mod tests {
             },
             local_port: 5001,
             remote_port: 40000,
+        }
+    }
+
+    #[test]
+    fn plain_control_frames_match_the_general_builder() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..2000 {
+            let vlan = (i % 3 == 0).then_some(rnd() as u16);
+            let mut a = addrs(false, vlan);
+            a.ip = IpPair::V4 {
+                src: (rnd() as u32).to_be_bytes(),
+                dst: (rnd() as u32).to_be_bytes(),
+            };
+            a.local_port = rnd() as u16;
+            a.remote_port = rnd() as u16;
+            let spec = SegmentSpec {
+                seq: rnd() as u32,
+                ack: rnd() as u32,
+                flags: rnd() as u8,
+                window: rnd() as u16,
+                options: OptionsOut {
+                    timestamps: (i % 2 == 0).then(|| (rnd() as u32, rnd() as u32)),
+                    ..Default::default()
+                },
+            };
+            let f = TxFrame::build(&a, &spec);
+            let mut buf = [0u8; MAX_CONTROL_FRAME];
+            let n = build_segment(&a, &spec, &[], &mut buf).unwrap();
+            assert_eq!(f.as_bytes(), &buf[..n], "case {i}");
         }
     }
 

@@ -77,7 +77,16 @@ pub fn write(out: &mut [u8], src: [u8; 4], dst: [u8; 4], payload_len: usize, ttl
     out[10..12].copy_from_slice(&[0, 0]);
     out[12..16].copy_from_slice(&src);
     out[16..20].copy_from_slice(&dst);
-    let c = checksum::checksum(&out[..20]);
-    out[10..12].copy_from_slice(&c.to_be_bytes());
+    // The header checksum over five words, inline (no call for 20 bytes).
+    let mut c = checksum::Checksum::new();
+    let w = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&out[i..i + 8]);
+        u64::from_ne_bytes(b)
+    };
+    c.add_word(w(0));
+    c.add_word(w(8));
+    c.add_word(u32::from_ne_bytes([out[16], out[17], out[18], out[19]]) as u64);
+    out[10..12].copy_from_slice(&c.finish().to_be_bytes());
     20
 }

@@ -8,6 +8,7 @@
 pub mod build;
 pub mod checksum;
 pub mod eth;
+pub mod fast;
 pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;
