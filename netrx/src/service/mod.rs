@@ -206,7 +206,11 @@ impl ServiceConfig {
             pool_buffer_size: 2 << 20,
             checksum: ChecksumMode::Verify,
             attach: AttachMode::Auto,
-            socket: SocketConfig::default(),
+            // Copy mode on veth: the TX kick runs the peer's stack; keep it off the poller.
+            socket: SocketConfig {
+                tx_kick_thread: true,
+                ..SocketConfig::default()
+            },
             small_frames: true,
             accept_backlog: 128,
             stats_interval: Duration::from_millis(100),

@@ -227,7 +227,7 @@ fn run<H: QueueHandler>(
             }
         } else {
             empty = empty.saturating_add(1);
-            if h.can_sleep() {
+            if h.can_sleep() && !sock.tx_busy() {
                 // Spin a bounded budget (an empty round is a ring-index read), then block.
                 if empty > cfg.spin_rounds {
                     match h.waker() {
@@ -238,8 +238,8 @@ fn run<H: QueueHandler>(
                     }
                 }
             } else if empty > 4 {
-                // Work in flight elsewhere (a DMA engine, or the device model's thread on
-                // this machine's cores): poll it, but let it run.
+                // Work in flight elsewhere (a DMA engine, the device model's thread, or a TX
+                // kick running the peer's stack): poll it, but let it run.
                 std::thread::yield_now();
             }
             h.on_idle(&mut sock, Instant::now());

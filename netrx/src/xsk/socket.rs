@@ -28,6 +28,12 @@ pub struct SocketConfig {
     pub tx_reserve: u32,
     /// Bind with `XDP_USE_SG` (multi-descriptor frames for MTU above `frame_size - 256`).
     pub sg: bool,
+    /// Kick TX from a helper thread instead of inline (copy mode). In copy mode the kick
+    /// (`sendto`) transmits synchronously: on veth it runs the peer's whole receive path, and
+    /// the peer's next transmissions (our received data, through XDP into this socket) in the
+    /// kicking thread. A helper thread moves that work off the poller's core, so the kernel's
+    /// half and ours run in parallel.
+    pub tx_kick_thread: bool,
 }
 
 impl Default for SocketConfig {
@@ -41,6 +47,7 @@ impl Default for SocketConfig {
             tx_size: 1024,
             tx_reserve: 256,
             sg: false,
+            tx_kick_thread: false,
         }
     }
 }
@@ -216,9 +223,115 @@ impl Drop for Umem {
     }
 }
 
+/// Kicks a socket's TX from its own thread (see [`SocketConfig::tx_kick_thread`]). The poller
+/// arms it and writes its eventfd only when it is not armed already; the thread disarms it
+/// before each `sendto`, so descriptors produced meanwhile get another kick.
+struct TxKicker {
+    efd: OwnedFd,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    /// Set while the thread is inside `sendto` (holding the socket's TX mutex).
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TxKicker {
+    fn start(sock: RawFd, queue: u32) -> io::Result<TxKicker> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // SAFETY: plain eventfd(2); the result is checked and then owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let armed = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, b, st, ev) = (armed.clone(), busy.clone(), stop.clone(), efd.as_raw_fd());
+        let thread = std::thread::Builder::new()
+            .name(format!("netrx-tx{queue}"))
+            .spawn(move || {
+                while !st.load(Ordering::Acquire) {
+                    let mut p = libc::pollfd {
+                        fd: ev,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; `ev` lives until this thread is joined.
+                    if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+                        continue;
+                    }
+                    let mut v = 0u64;
+                    // SAFETY: reads 8 bytes into a live u64 from our nonblocking eventfd.
+                    unsafe { libc::read(ev, &mut v as *mut u64 as *mut libc::c_void, 8) };
+                    b.store(true, Ordering::SeqCst);
+                    a.store(false, Ordering::SeqCst);
+                    // SAFETY: a zero-length sendto only kicks TX; the socket fd outlives this
+                    // thread (XskSocket joins it before closing the fd).
+                    unsafe {
+                        libc::sendto(
+                            sock,
+                            std::ptr::null(),
+                            0,
+                            libc::MSG_DONTWAIT,
+                            std::ptr::null(),
+                            0,
+                        )
+                    };
+                    b.store(false, Ordering::SeqCst);
+                }
+            })?;
+        Ok(TxKicker {
+            efd,
+            armed,
+            busy,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// A kick is asked for or running.
+    fn active(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.armed.load(Ordering::SeqCst) || self.busy.load(Ordering::SeqCst)
+    }
+
+    /// Asks for a kick unless one is already asked for. Returns true if it wrote the eventfd.
+    fn kick(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.armed.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe {
+            libc::write(
+                self.efd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+        true
+    }
+}
+
+impl Drop for TxKicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// An AF_XDP socket on one queue. Owns its UMEM; not shared between threads.
 pub struct XskSocket {
-    // Field order = drop order: rings, then the socket fd, then the UMEM.
+    // Field order = drop order: the TX kicker thread (it uses the fd), rings, then the socket
+    // fd, then the UMEM.
+    kicker: Option<TxKicker>,
     fill: Ring<u64>,
     comp: Ring<u64>,
     rx: Ring<libc::xdp_desc>,
@@ -375,7 +488,13 @@ impl XskSocket {
         )
         .map_err(e("mmap(completion ring)"))?;
 
+        let kicker = if cfg.tx_kick_thread {
+            Some(TxKicker::start(raw, queue).map_err(e("TX kicker thread"))?)
+        } else {
+            None
+        };
         let mut s = Self {
+            kicker,
             fill,
             comp,
             rx,
@@ -392,7 +511,14 @@ impl XskSocket {
         // Pre-fill the fill ring before binding.
         s.refill();
 
-        let mut flags = libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP;
+        // With the TX kicker thread, no XDP_USE_NEED_WAKEUP: with it, every poll() on the socket
+        // also transmits in copy mode (xsk_poll drives TX), and the poller's sleep would queue
+        // on the socket's TX mutex behind the kicker's sendto. Copy mode needs no fill-ring
+        // wakeups, and TX is always kicked in copy mode anyway.
+        let mut flags = libc::XDP_COPY;
+        if !cfg.tx_kick_thread {
+            flags |= libc::XDP_USE_NEED_WAKEUP;
+        }
         if cfg.sg {
             flags |= libc::XDP_USE_SG;
         }
@@ -519,6 +645,14 @@ impl XskSocket {
                 std::ptr::null_mut(),
             )
         };
+    }
+
+    /// True while the TX kicker thread has a kick asked for or running. `poll()` on an AF_XDP
+    /// socket in copy mode also transmits, under the same mutex as the kicker's `sendto`: a
+    /// poller should not sleep in `poll()` then (it would wait on that mutex; the data the
+    /// kick makes the peer send is about to arrive anyway).
+    pub fn tx_busy(&self) -> bool {
+        self.kicker.as_ref().is_some_and(TxKicker::active)
     }
 
     /// Wait up to `timeout_ms` for received frames (poll POLLIN). Returns true if readable.
@@ -774,6 +908,13 @@ impl XskSocket {
     /// completions.
     pub fn flush(&mut self) -> io::Result<()> {
         if self.tx.produced_pending() > 0 && (self.copy_mode || self.tx.needs_wakeup()) {
+            if let Some(k) = &self.kicker {
+                if k.kick() {
+                    self.stats.tx_kicks += 1;
+                }
+                self.reap_completions();
+                return Ok(());
+            }
             self.stats.tx_kicks += 1;
             // SAFETY: sendto with a null buffer of length 0 only kicks TX processing.
             let r = unsafe {
