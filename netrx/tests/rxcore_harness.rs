@@ -21,6 +21,7 @@ use netrx::copy::{
     PolicyKind, RecvRequest, RegionId, Regions,
 };
 use netrx::rxcore::{AppEvent, AppRequest, CoreConfig, RecvStatus, RxCore, RxDesc, UmemAddr};
+use netrx::service::AnyEngine;
 use netrx::tcp::{Config, Endpoint, Instant};
 use netrx::wire::tcp::{OptionsOut, TcpFlags};
 use netrx::wire::{self, build_segment, ChecksumMode, IpPair, ReplyAddrs, SegmentSpec};
@@ -103,72 +104,6 @@ impl<E: CopyEngine> CopyEngine for Watch<E> {
     }
     fn abort(&mut self, mem: &Regions) {
         self.inner.abort(mem)
-    }
-}
-
-/// The engines a run can use.
-enum AnyEngine {
-    Cpu(CpuEngine),
-    Null(NullEngine),
-}
-
-impl CopyEngine for AnyEngine {
-    fn name(&self) -> &'static str {
-        match self {
-            AnyEngine::Cpu(e) => e.name(),
-            AnyEngine::Null(e) => e.name(),
-        }
-    }
-    fn is_dma(&self) -> bool {
-        matches!(self, AnyEngine::Null(_))
-    }
-    fn submit(&mut self, mem: &Regions, op: CopyOp) -> Result<(), EngineError> {
-        match self {
-            AnyEngine::Cpu(e) => e.submit(mem, op),
-            AnyEngine::Null(e) => e.submit(mem, op),
-        }
-    }
-    fn flush(&mut self, mem: &Regions) {
-        match self {
-            AnyEngine::Cpu(e) => e.flush(mem),
-            AnyEngine::Null(e) => e.flush(mem),
-        }
-    }
-    fn poll(&mut self, mem: &Regions, out: &mut Vec<EngineCompletion>) -> usize {
-        match self {
-            AnyEngine::Cpu(e) => e.poll(mem, out),
-            AnyEngine::Null(e) => e.poll(mem, out),
-        }
-    }
-    fn in_flight(&self) -> usize {
-        match self {
-            AnyEngine::Cpu(e) => e.in_flight(),
-            AnyEngine::Null(e) => e.in_flight(),
-        }
-    }
-    fn capacity(&self) -> usize {
-        match self {
-            AnyEngine::Cpu(e) => e.capacity(),
-            AnyEngine::Null(e) => e.capacity(),
-        }
-    }
-    fn max_len(&self) -> usize {
-        match self {
-            AnyEngine::Cpu(e) => e.max_len(),
-            AnyEngine::Null(e) => e.max_len(),
-        }
-    }
-    fn healthy(&self) -> bool {
-        match self {
-            AnyEngine::Cpu(e) => e.healthy(),
-            AnyEngine::Null(e) => e.healthy(),
-        }
-    }
-    fn abort(&mut self, mem: &Regions) {
-        match self {
-            AnyEngine::Cpu(e) => e.abort(mem),
-            AnyEngine::Null(e) => e.abort(mem),
-        }
     }
 }
 
