@@ -7,7 +7,9 @@
 //! in `poll()` on the socket and the handler's [`Waker`]; it kicks TX after every round.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
+use ioat_driver::vfio::EventFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,21 +47,15 @@ pub trait QueueHandler: Send + 'static {
 /// sender counts its request, sends it, and writes the eventfd if the poller said it sleeps;
 /// the poller says it sleeps, then sleeps only if no request is outstanding.
 pub struct Waker {
-    efd: OwnedFd,
+    efd: EventFd,
     sleeping: AtomicBool,
     pending: AtomicUsize,
 }
 
 impl Waker {
     pub fn new() -> io::Result<Waker> {
-        // SAFETY: plain eventfd(2); the fd is checked and then owned.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Waker {
-            // SAFETY: fresh fd owned by nobody else.
-            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+            efd: EventFd::new()?,
             sleeping: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
         })
@@ -86,15 +82,7 @@ impl Waker {
 
     /// Wakes the poller whether or not a request is outstanding (e.g. to stop it).
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe {
-            libc::write(
-                self.efd.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        let _ = self.efd.signal();
     }
 
     /// Sleeps up to `timeout_ms` on `fd` (the socket) and the eventfd, unless a request is
@@ -117,15 +105,7 @@ impl Waker {
             // SAFETY: two valid pollfds.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
             if fds[1].revents != 0 {
-                let mut v: u64 = 0;
-                // SAFETY: reads 8 bytes into a live u64 from our nonblocking eventfd.
-                unsafe {
-                    libc::read(
-                        self.efd.as_raw_fd(),
-                        &mut v as *mut u64 as *mut libc::c_void,
-                        8,
-                    )
-                };
+                let _ = self.efd.try_read();
             }
         }
         self.sleeping.store(false, Ordering::SeqCst);

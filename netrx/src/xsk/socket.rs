@@ -8,6 +8,7 @@ use super::frames::{FrameError, FrameId, FrameState, FrameTable, StateCounts};
 use super::ring::{Ring, RingOffsets};
 use super::XskError;
 use crate::copy::RegionMemory;
+use ioat_driver::vfio::EventFd;
 
 /// XDP headroom the kernel leaves in front of a received frame in copy mode.
 pub const XDP_HEADROOM: u32 = 256;
@@ -227,7 +228,7 @@ impl Drop for Umem {
 /// arms it and writes its eventfd only when it is not armed already; the thread disarms it
 /// before each `sendto`, so descriptors produced meanwhile get another kick.
 struct TxKicker {
-    efd: OwnedFd,
+    efd: Arc<EventFd>,
     armed: Arc<std::sync::atomic::AtomicBool>,
     /// Set while the thread is inside `sendto` (holding the socket's TX mutex).
     busy: Arc<std::sync::atomic::AtomicBool>,
@@ -238,33 +239,18 @@ struct TxKicker {
 impl TxKicker {
     fn start(sock: RawFd, queue: u32) -> io::Result<TxKicker> {
         use std::sync::atomic::{AtomicBool, Ordering};
-        // SAFETY: plain eventfd(2); the result is checked and then owned.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let efd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let efd = Arc::new(EventFd::new()?);
         let armed = Arc::new(AtomicBool::new(false));
         let busy = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, b, st, ev) = (armed.clone(), busy.clone(), stop.clone(), efd.as_raw_fd());
+        let (a, b, st, ev) = (armed.clone(), busy.clone(), stop.clone(), efd.clone());
         let thread = std::thread::Builder::new()
             .name(format!("netrx-tx{queue}"))
             .spawn(move || {
                 while !st.load(Ordering::Acquire) {
-                    let mut p = libc::pollfd {
-                        fd: ev,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd; `ev` lives until this thread is joined.
-                    if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+                    if !matches!(ev.wait(std::time::Duration::from_millis(100)), Ok(Some(_))) {
                         continue;
                     }
-                    let mut v = 0u64;
-                    // SAFETY: reads 8 bytes into a live u64 from our nonblocking eventfd.
-                    unsafe { libc::read(ev, &mut v as *mut u64 as *mut libc::c_void, 8) };
                     b.store(true, Ordering::SeqCst);
                     a.store(false, Ordering::SeqCst);
                     // SAFETY: a zero-length sendto only kicks TX; the socket fd outlives this
@@ -303,15 +289,7 @@ impl TxKicker {
         if self.armed.swap(true, Ordering::SeqCst) {
             return false;
         }
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe {
-            libc::write(
-                self.efd.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        let _ = self.efd.signal();
         true
     }
 }
