@@ -594,7 +594,7 @@ pub fn render(r: &Report) -> String {
     s.push_str(&format!("link:   {}\n", r.link));
     s.push_str(&format!(
         "rcvbuf: SO_RCVBUF {} bytes for every receiver (kernel: doubled to {} by Linux; netrx: the \
-         same {} bytes, counted in 4 KiB frame truesize)\n",
+         same {} bytes, counted in frame truesize: 2 KiB UMEM frames at MTU 1500)\n",
         r.rcvbuf,
         r.rcvbuf * 2,
         r.rcvbuf * 2
