@@ -124,7 +124,14 @@ pub(crate) struct Conn {
     comp_touched: Vec<u64>,
     /// Receive-side RTT estimate from echoed timestamps (Linux `rcv_rtt_est`), microseconds.
     rcv_rtt_us: u64,
+    /// The echoed timestamp of the last receive-RTT sample: a train of segments that echo the
+    /// same value (all sent after one ACK) gives one sample, as Linux `tcp_rcv_rtt_measure_ts`.
+    rcv_rtt_last_ecr: u32,
     unacked_bytes: u32,
+    /// [`Conn::ack_stretch`] as of the last ACK sent (its inputs change only when an ACK goes
+    /// out, the receive buffer changes or the payload/truesize ratio moves), so that the
+    /// per-segment test is one compare.
+    ack_limit: u32,
     quickack: u32,
     ack_deadline: Option<Instant>,
     // Timers.
@@ -223,7 +230,9 @@ impl Conn {
             compressed: 0,
             comp_touched: Vec::new(),
             rcv_rtt_us: 0,
+            rcv_rtt_last_ecr: 0,
             unacked_bytes: 0,
+            ack_limit: 0,
             quickack: cfg.quickack_segments,
             ack_deadline: None,
             rtx: Some(Backoff::start(now, cfg.synack_rto)),
@@ -261,6 +270,7 @@ impl Conn {
     fn send_synack(&mut self, now: Instant, io: &mut Io) {
         let space = self.window_space().min(65535);
         self.rcv_adv = self.rcv_nxt.wrapping_add(space);
+        self.ack_limit = self.ack_stretch(io.cfg);
         let options = OptionsOut {
             mss: Some(self.our_mss.min(65535) as u16),
             window_scale: if self.ws_ok {
@@ -369,6 +379,7 @@ impl Conn {
         self.emit(io, self.snd_nxt, TcpFlags::ACK, window, options);
         self.last_ack_sent = self.rcv_nxt;
         self.unacked_bytes = 0;
+        self.ack_limit = self.ack_stretch(io.cfg);
         self.ack_deadline = None;
         self.compressed = 0;
         self.comp_touched.clear();
@@ -395,6 +406,7 @@ impl Conn {
         self.last_ack_sent = self.rcv_nxt;
         self.ack_deadline = None;
         self.unacked_bytes = 0;
+        self.ack_limit = self.ack_stretch(io.cfg);
     }
 
     fn send_rst(&mut self, io: &mut Io) {
@@ -730,10 +742,10 @@ impl Conn {
             self.sample_rcv_rtt(t.options.timestamps, now);
             if len > self.rcv_mss {
                 self.rcv_mss = len.min(self.our_mss);
+                self.ack_limit = self.ack_stretch(io.cfg);
             }
             if len >= self.rcv_mss {
-                self.ratio_num = len.min(truesize.max(1));
-                self.ratio_den = truesize.max(1);
+                self.set_ratio(len, truesize, io.cfg);
             }
             let start = self.rcv_off + seg_seq.wrapping_sub(self.rcv_nxt) as u64;
             let in_order = start == self.rcv_off;
@@ -794,7 +806,7 @@ impl Conn {
                     immediate_ack = true;
                 }
                 if self.unacked_bytes >= 2 * self.rcv_mss {
-                    if io.cfg.batch_acks && self.unacked_bytes < self.ack_stretch(io.cfg) {
+                    if io.cfg.batch_acks && self.unacked_bytes < self.ack_limit {
                         out.batch_ack = true;
                     } else {
                         immediate_ack = true;
@@ -883,6 +895,17 @@ impl Conn {
             .max(2 * self.rcv_mss)
     }
 
+    /// Records the payload/truesize ratio of a full-sized segment (it scales the window).
+    #[inline]
+    fn set_ratio(&mut self, len: u32, truesize: u32, cfg: &Config) {
+        let (num, den) = (len.min(truesize.max(1)), truesize.max(1));
+        if (num, den) != (self.ratio_num, self.ratio_den) {
+            self.ratio_num = num;
+            self.ratio_den = den;
+            self.ack_limit = self.ack_stretch(cfg);
+        }
+    }
+
     /// End of a batch: one cumulative ACK if in-order data still waits for one.
     pub fn batch_ack(&mut self, now: Instant, io: &mut Io) {
         if self.unacked_bytes >= 2 * self.rcv_mss
@@ -956,13 +979,14 @@ impl Conn {
                 self.sample_rcv_rtt(Some((tsval, ecr)), now);
             }
         }
+        let mut io = io();
         let len = s.payload_len;
         if len > self.rcv_mss {
             self.rcv_mss = len.min(self.our_mss);
+            self.ack_limit = self.ack_stretch(io.cfg);
         }
         if len >= self.rcv_mss {
-            self.ratio_num = len.min(truesize.max(1));
-            self.ratio_den = truesize.max(1);
+            self.set_ratio(len, truesize, io.cfg);
         }
         let slot = self.alloc_slot(frame, truesize);
         self.push_in_order(SegRef {
@@ -974,7 +998,6 @@ impl Conn {
         });
         self.unacked_bytes += len;
         // The full path's ACK decision for in-order data (see `on_segment`).
-        let mut io = io();
         let mut immediate_ack = false;
         let mut batch_ack = false;
         if self.quickack > 0 {
@@ -982,7 +1005,7 @@ impl Conn {
             immediate_ack = true;
         }
         if self.unacked_bytes >= 2 * self.rcv_mss {
-            if io.cfg.batch_acks && self.unacked_bytes < self.ack_stretch(io.cfg) {
+            if io.cfg.batch_acks && self.unacked_bytes < self.ack_limit {
                 batch_ack = true;
             } else {
                 immediate_ack = true;
@@ -1056,9 +1079,10 @@ impl Conn {
             return;
         }
         if let Some((_, ecr)) = ts {
-            if ecr == 0 {
+            if ecr == 0 || ecr == self.rcv_rtt_last_ecr {
                 return;
             }
+            self.rcv_rtt_last_ecr = ecr;
             let ms = self.ts_val(now).wrapping_sub(ecr) as i32;
             if !(0..60_000).contains(&ms) {
                 return;
@@ -1254,6 +1278,7 @@ impl Conn {
     pub fn set_rcvbuf(&mut self, bytes: u32, now: Instant, io: &mut Io) {
         self.rcvbuf = bytes.max(4096);
         self.rcvbuf_peak = self.rcvbuf_peak.max(self.rcvbuf);
+        self.ack_limit = self.ack_stretch(io.cfg);
         self.maybe_window_update(now, io);
     }
 
