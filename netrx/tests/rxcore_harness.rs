@@ -129,6 +129,16 @@ struct Scenario {
     stall: (f64, u32),
     chunks: usize,
     rcvbuf: u32,
+    /// Tell the endpoint the pool size (`Config::frame_pool`): pool-wide memory pressure.
+    pool_aware: bool,
+    /// Hostile connections: each sends `hostile_rate` segments of `hostile_seg` bytes per round
+    /// behind a hole it never fills (offsets cycling over `hostile_span` bytes).
+    hostile: usize,
+    hostile_seg: usize,
+    hostile_rate: usize,
+    hostile_span: usize,
+    /// The well-behaved senders start this long after the hostile ones.
+    client_delay: Duration,
 }
 
 impl Default for Scenario {
@@ -149,6 +159,12 @@ impl Default for Scenario {
             stall: (0.0, 0),
             chunks: 1024,
             rcvbuf: 1 << 20,
+            pool_aware: false,
+            hostile: 0,
+            hostile_seg: 1,
+            hostile_rate: 20,
+            hostile_span: 4000,
+            client_delay: Duration::ZERO,
         }
     }
 }
@@ -175,6 +191,126 @@ fn byte_at(stream: usize, off: usize) -> u8 {
     (x ^ (x >> 17)) as u8
 }
 
+fn build_frame(
+    addrs: &ReplyAddrs,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+    opts: OptionsOut,
+) -> Vec<u8> {
+    let spec = SegmentSpec {
+        seq,
+        ack,
+        flags,
+        window: 65535,
+        options: opts,
+    };
+    let mut buf = vec![0u8; 128 + payload.len()];
+    let n = build_segment(addrs, &spec, payload, &mut buf).expect("segment fits");
+    buf.truncate(n);
+    buf
+}
+
+/// A hostile sender: completes its handshake, then pins frames with segments behind a hole.
+struct Hostile {
+    addrs: ReplyAddrs,
+    iss: u32,
+    rcv_nxt: u32,
+    established: bool,
+    syn_sent_at: Option<Instant>,
+    next: usize,
+    ts_ecr: u32,
+    /// It saw a RST (or sent its own at the end): it stops.
+    reset: bool,
+}
+
+impl Hostile {
+    fn ts(&self, now: Instant) -> OptionsOut {
+        OptionsOut {
+            timestamps: Some(((now.as_nanos() / 1_000_000) as u32 + 1, self.ts_ecr)),
+            ..Default::default()
+        }
+    }
+
+    fn send(&mut self, now: Instant, sc: &Scenario, out: &mut Vec<Vec<u8>>) {
+        if self.reset {
+            return;
+        }
+        if !self.established {
+            if self
+                .syn_sent_at
+                .is_none_or(|t| now >= t + Duration::from_millis(200))
+            {
+                self.syn_sent_at = Some(now);
+                let o = OptionsOut {
+                    mss: Some(MSS as u16),
+                    window_scale: Some(7),
+                    sack_permitted: true,
+                    timestamps: Some((1, 0)),
+                    ..Default::default()
+                };
+                out.push(build_frame(&self.addrs, self.iss, 0, TcpFlags::SYN, &[], o));
+            }
+            return;
+        }
+        let payload = vec![0xA5u8; sc.hostile_seg];
+        for _ in 0..sc.hostile_rate {
+            // Offset 0 (the hole) is never sent: nothing ever becomes in order.
+            let off = 1 + self.next % sc.hostile_span;
+            self.next += sc.hostile_seg;
+            let seq = self.iss.wrapping_add(1).wrapping_add(off as u32);
+            let f = build_frame(
+                &self.addrs,
+                seq,
+                self.rcv_nxt,
+                TcpFlags::ACK,
+                &payload,
+                self.ts(now),
+            );
+            out.push(f);
+        }
+    }
+
+    fn on_frame(&mut self, now: Instant, p: &wire::Packet, out: &mut Vec<Vec<u8>>) {
+        let f = p.tcp.flags;
+        if f.rst() {
+            self.reset = true;
+            return;
+        }
+        if let Some((val, _)) = p.tcp.options.timestamps {
+            self.ts_ecr = val;
+        }
+        if f.syn() && !self.reset {
+            self.rcv_nxt = p.tcp.seq.wrapping_add(1);
+            self.established = true;
+            let seq = self.iss.wrapping_add(1);
+            out.push(build_frame(
+                &self.addrs,
+                seq,
+                self.rcv_nxt,
+                TcpFlags::ACK,
+                &[],
+                self.ts(now),
+            ));
+        }
+    }
+
+    /// The exact-sequence RST that ends it (its out-of-order frames come back).
+    fn rst(&mut self) -> Vec<u8> {
+        self.reset = true;
+        let seq = self.iss.wrapping_add(1);
+        build_frame(
+            &self.addrs,
+            seq,
+            self.rcv_nxt,
+            TcpFlags::RST | TcpFlags::ACK,
+            &[],
+            OptionsOut::default(),
+        )
+    }
+}
+
 /// One scripted sender.
 struct Peer {
     id: usize,
@@ -193,6 +329,9 @@ struct Peer {
     dupacks: u32,
     last_progress: Instant,
     ts_ecr: u32,
+    /// It starts sending (its SYN) at this time, and when its handshake completed.
+    start: Instant,
+    established_at: Option<Instant>,
 }
 
 impl Peer {
@@ -223,6 +362,9 @@ impl Peer {
 
     /// What the sender puts on the wire this round.
     fn send(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        if now < self.start {
+            return;
+        }
         if !self.established {
             if self
                 .syn_sent_at
@@ -287,6 +429,7 @@ impl Peer {
             self.rcv_nxt = p.tcp.seq.wrapping_add(1);
             if !self.established {
                 self.established = true;
+                self.established_at = Some(now);
                 self.last_progress = now;
             }
             out.push(self.frame(self.seq(0), TcpFlags::ACK, &[], self.ts(now)));
@@ -352,6 +495,12 @@ struct Run {
     now: Instant,
     frames_in: u64,
     fills: u64,
+    hostile: Vec<Hostile>,
+    hostile_ports: HashMap<u16, usize>,
+    hostile_sids: Vec<u32>,
+    /// Frames dropped on arrival for want of a free chunk (an empty fill ring).
+    arrival_drops: u64,
+    rounds: u64,
 }
 
 fn peer_addrs(i: usize) -> ReplyAddrs {
@@ -394,6 +543,7 @@ impl Run {
             rcvbuf: sc.rcvbuf,
             frame_truesize: CHUNK as u32,
             isn_secret: sc.seed,
+            frame_pool: if sc.pool_aware { sc.chunks as u32 } else { 0 },
             ..Config::default()
         });
         ep.listen(PORT).unwrap();
@@ -426,9 +576,28 @@ impl Run {
                 dupacks: 0,
                 last_progress: now,
                 ts_ecr: 0,
+                start: now + sc.client_delay,
+                established_at: None,
             })
             .collect();
         let by_port = (0..sc.streams).map(|i| (40000 + i as u16, i)).collect();
+        let hostile: Vec<Hostile> = (0..sc.hostile)
+            .map(|i| {
+                let mut addrs = peer_addrs(0);
+                addrs.local_port = 41000 + i as u16;
+                Hostile {
+                    addrs,
+                    iss: 3_000_000 * (i as u32 + 1),
+                    rcv_nxt: 0,
+                    established: false,
+                    syn_sent_at: None,
+                    next: 0,
+                    ts_ecr: 0,
+                    reset: false,
+                }
+            })
+            .collect();
+        let hostile_ports = (0..sc.hostile).map(|i| (41000 + i as u16, i)).collect();
         Run {
             rng: Rng(sc.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1),
             free: (0..sc.chunks).rev().collect(),
@@ -445,6 +614,11 @@ impl Run {
             now,
             frames_in: 0,
             fills: 0,
+            hostile,
+            hostile_ports,
+            hostile_sids: Vec::new(),
+            arrival_drops: 0,
+            rounds: 0,
         }
     }
 
@@ -461,6 +635,7 @@ impl Run {
             None => vec![frame],
         };
         if self.free.len() < parts.len() {
+            self.arrival_drops += 1;
             return;
         }
         let mem = self.core.copier().regions();
@@ -568,6 +743,10 @@ impl Run {
         while let Some(ev) = self.core.poll_app() {
             match ev {
                 AppEvent::Accepted { sid, peer, .. } => {
+                    if self.hostile_ports.contains_key(&peer.port()) {
+                        self.hostile_sids.push(sid);
+                        continue;
+                    }
                     let p = self.by_port[&peer.port()];
                     let slot = self.pool.take().expect("a buffer per stream");
                     self.readers.insert(
@@ -635,6 +814,10 @@ impl Run {
         let mut replies = Vec::new();
         while let Some(f) = self.core.poll_transmit() {
             let p = wire::parse(f.as_bytes(), ChecksumMode::Verify).expect("our frames parse");
+            if let Some(&i) = self.hostile_ports.get(&p.tcp.dst_port) {
+                self.hostile[i].on_frame(self.now, &p, &mut replies);
+                continue;
+            }
             let Some(&i) = self.by_port.get(&p.tcp.dst_port) else {
                 panic!("frame to an unknown port {}", p.tcp.dst_port);
             };
@@ -651,12 +834,42 @@ impl Run {
         for p in &mut self.peers {
             p.send(self.now, &mut frames);
         }
+        for h in &mut self.hostile {
+            h.send(self.now, &self.sc, &mut frames);
+        }
         self.wire(frames);
+        self.rounds += 1;
+        if self.rounds % 64 == 0 {
+            self.core.endpoint().check_invariants();
+        }
         self.post_reads();
         self.core.advance(self.now);
         self.drain();
         self.now = self.now + Duration::from_micros(100);
         self.clock.advance(100_000);
+    }
+
+    /// The hostile senders reset their connections and the application closes them.
+    fn end_hostile(&mut self) {
+        if self.hostile.is_empty() {
+            return;
+        }
+        for i in 0..self.hostile.len() {
+            if self.hostile[i].established {
+                let f = self.hostile[i].rst();
+                // The RST needs a chunk like any frame: give it one (the kernel would).
+                self.drain();
+                self.deliver(&f);
+            }
+        }
+        self.core.advance(self.now);
+        self.drain();
+        for sid in std::mem::take(&mut self.hostile_sids) {
+            self.core.handle_app(self.now, AppRequest::Close { sid });
+        }
+        self.core.advance(self.now);
+        self.drain();
+        self.core.endpoint().check_invariants();
     }
 
     fn done(&self) -> bool {
@@ -685,6 +898,7 @@ impl Run {
         for _ in 0..100 {
             self.round();
         }
+        self.end_hostile();
         self.core.close_all(self.now);
         self.drain();
         assert_eq!(
@@ -814,4 +1028,119 @@ fn a_small_umem_drops_frames_and_the_sender_recovers() {
         ..Scenario::default()
     })
     .run();
+}
+
+/// Eight hostile connections pin frames with one-byte segments behind holes; `rounds` rounds
+/// later (100 us each) a well-behaved client connects. Returns the run after `limit` rounds
+/// at most (or when the client finished), with whether it finished.
+fn hostile_mix(sc: Scenario, limit: u64) -> (Run, bool) {
+    let mut r = Run::new(sc);
+    let mut n = 0;
+    while !r.done() && n < limit {
+        r.round();
+        n += 1;
+    }
+    let done = r.done();
+    (r, done)
+}
+
+fn hostile_scenario() -> Scenario {
+    Scenario {
+        seed: 23,
+        streams: 1,
+        bytes: 512 << 10,
+        chunks: 512,
+        pool_aware: true,
+        hostile: 8,
+        hostile_seg: 1,
+        hostile_rate: 20,
+        hostile_span: 4000,
+        client_delay: Duration::from_millis(20),
+        ..Scenario::default()
+    }
+}
+
+#[test]
+fn hostile_out_of_order_floods_cannot_lock_a_client_out_of_the_pool() {
+    let sc = hostile_scenario();
+    let start = Instant::from_millis(1000) + sc.client_delay;
+    let r = Run::new(sc).run();
+    let st = r.core.endpoint().stats();
+    let client = &r.peers[0];
+    let hs = client
+        .established_at
+        .expect("handshake")
+        .saturating_since(start);
+    println!(
+        "handshake after {hs:?}, {} rounds, pool peak {} of 512 frames, pruned {} segments in \
+         {} runs, {} refused at the reserve, {} arrival drops",
+        r.rounds,
+        st.frames_held_peak,
+        st.ooo_pruned_segments,
+        st.prune_runs,
+        st.pressure_drops,
+        r.arrival_drops
+    );
+    assert!(
+        hs <= Duration::from_micros(200),
+        "the handshake completes at once: {hs:?}"
+    );
+    assert!(st.ooo_pruned_segments > 0 && st.prune_runs > 0, "{st:?}");
+    // The pool never went above the high-water mark for long: at most one frame over it.
+    assert!(st.frames_held_peak <= 512 * 75 / 100 + 1, "{st:?}");
+    // The 512 KB transfer took a bounded time despite the flood (no starvation).
+    assert!(r.rounds < 40_000, "{} rounds", r.rounds);
+}
+
+#[test]
+fn without_the_pool_size_the_same_flood_starves_the_client() {
+    // The reference: the endpoint not told the pool size (each connection bounded only by
+    // its rcvbuf) lets eight hostile connections pin every chunk.
+    let sc = Scenario {
+        pool_aware: false,
+        ..hostile_scenario()
+    };
+    let (r, done) = hostile_mix(sc, 2_000);
+    let st = r.core.endpoint().stats();
+    println!(
+        "no pool accounting: client established {:?}, {} arrival drops, {} frames held",
+        r.peers[0].established_at, r.arrival_drops, st.frames_held
+    );
+    assert!(!done && r.peers[0].established_at.is_none());
+    assert_eq!(st.frames_held, 512, "every chunk pinned out of order");
+}
+
+#[test]
+fn random_hostile_mixes_never_starve_a_client() {
+    // Random mixes (proptest style, seeded): number of hostile connections, segment size,
+    // rate and span, loss and reordering on the wire, pool size.
+    for seed in 1..=12u64 {
+        let mut g = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let sc = Scenario {
+            seed: 100 + seed,
+            streams: 1 + g.below(2) as usize,
+            bytes: 128 << 10,
+            chunks: 256 + 64 * g.below(8) as usize,
+            pool_aware: true,
+            hostile: 1 + g.below(12) as usize,
+            hostile_seg: 1 + g.below(200) as usize,
+            hostile_rate: 1 + g.below(40) as usize,
+            hostile_span: 1000 + g.below(60_000) as usize,
+            client_delay: Duration::from_micros(100 * g.below(400)),
+            loss: 0.01 * g.below(3) as f64,
+            reorder: 0.05 * g.below(2) as f64,
+            ..Scenario::default()
+        };
+        let desc = format!(
+            "seed {seed}: {} hostile x {} B x {}/round over {} B, {} chunks",
+            sc.hostile, sc.hostile_seg, sc.hostile_rate, sc.hostile_span, sc.chunks
+        );
+        let start = Instant::from_millis(1000) + sc.client_delay;
+        let r = Run::new(sc).run();
+        for p in &r.peers {
+            let hs = p.established_at.expect("handshake").saturating_since(start);
+            assert!(hs <= Duration::from_millis(250), "{desc}: handshake {hs:?}");
+        }
+        assert!(r.rounds < 200_000, "{desc}: {} rounds", r.rounds);
+    }
 }

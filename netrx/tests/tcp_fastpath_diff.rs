@@ -308,6 +308,12 @@ fn run(prm: Params) -> (u64, u64) {
         quickack_segments: prm.quickack,
         comp_sack_nr: if prm.comp_sack { 44 } else { 0 },
         max_ooo_ranges: 6,
+        // A third of the runs share a small frame pool (pool pressure: pruning, reserve).
+        frame_pool: if prm.seed % 3 == 0 {
+            prm.rcvbuf_frames + 8
+        } else {
+            0
+        },
         ..Config::default()
     };
     let mut pair = Pair::new(cfg);

@@ -1202,3 +1202,320 @@ fn abort_after_reading_everything_is_a_reset_not_a_fin() {
     );
     assert!(h.frames.is_empty());
 }
+
+// ----- memory pressure and the connection cap (several peers on one harness) -----
+
+/// One of several peers sharing the harness: its port, sequence state and connection.
+#[derive(Clone, Copy)]
+struct PeerState {
+    port: u16,
+    iss: u32,
+    rcv_nxt: u32,
+    id: netrx::tcp::ConnId,
+}
+
+fn connect(h: &mut Harness, port: u16) -> PeerState {
+    h.peer.local_port = port;
+    h.iss = 1_000_000u32.wrapping_add(port as u32 * 7919);
+    h.snd_nxt = h.iss;
+    h.handshake(true);
+    PeerState {
+        port,
+        iss: h.iss,
+        rcv_nxt: h.rcv_nxt,
+        id: h.id(),
+    }
+}
+
+fn as_peer(h: &mut Harness, p: &PeerState) {
+    h.peer.local_port = p.port;
+    h.iss = p.iss;
+    h.rcv_nxt = p.rcv_nxt;
+    h.conn = Some(p.id);
+}
+
+fn frames_of(h: &Harness, p: &PeerState) -> (usize, u64) {
+    let i = h.ep.info(p.id).unwrap();
+    (i.ooo_segments, i.available)
+}
+
+fn held_frames(h: &Harness) -> u64 {
+    h.ep.held_mem() / TRUESIZE as u64
+}
+
+#[test]
+fn pool_pressure_prunes_the_largest_out_of_order_holder_newest_first() {
+    let cfg = Config {
+        rcvbuf: 256 * TRUESIZE,
+        frame_pool: 200,
+        pool_high_pct: 50,
+        pool_reserve_pct: 10,
+        ooo_pool_pct: 100,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    let a = connect(&mut h, 41000);
+    let b = connect(&mut h, 41001);
+    let c = connect(&mut h, 41002);
+    // Tiny segments behind a hole at offset 0: each one-byte segment pins a whole frame.
+    as_peer(&mut h, &a);
+    for k in 1..=40u32 {
+        assert_eq!(h.send_data(k, &[1], false), FrameDisposition::Held);
+    }
+    as_peer(&mut h, &b);
+    for k in 1..=30u32 {
+        assert_eq!(h.send_data(k, &[2], false), FrameDisposition::Held);
+    }
+    h.tx();
+    assert_eq!(held_frames(&h), 70);
+    assert_eq!(h.ep.stats().prune_runs, 0);
+    // In-order data of a third connection (never read) pushes the pool over its high-water
+    // mark (100 frames): out-of-order data goes, the largest holder first, down to 87.5.
+    as_peer(&mut h, &c);
+    let data = pattern(1448 * 40, 3);
+    for k in 0..40usize {
+        let d = h.send_data(1448 * k as u32, &data[1448 * k..1448 * (k + 1)], false);
+        assert_eq!(
+            d,
+            FrameDisposition::Held,
+            "in-order data always gets a frame"
+        );
+        assert!(held_frames(&h) <= 100, "held {} frames", held_frames(&h));
+        if k == 30 {
+            // The first prune (101 frames held): A (40) lost the most, down to B's level.
+            let (sa, sb) = (frames_of(&h, &a).0, frames_of(&h, &b).0);
+            assert!(
+                40 - sa > 30 - sb && sa.abs_diff(sb) <= 1,
+                "largest holder first, then level: {sa} {sb}"
+            );
+            assert!(held_frames(&h) <= 88, "down to the low-water mark (87.5)");
+        }
+        h.ep.check_invariants();
+    }
+    h.tx();
+    let st = h.ep.stats();
+    let (sa, _) = frames_of(&h, &a);
+    let (sb, _) = frames_of(&h, &b);
+    assert_eq!(
+        frames_of(&h, &c).1,
+        1448 * 40,
+        "in-order data is never pruned"
+    );
+    assert_eq!(st.ooo_pruned_segments, (70 - sa - sb) as u64);
+    assert_eq!(st.ooo_pruned_frames, st.ooo_pruned_segments);
+    assert!(st.prune_runs >= 1 && st.frames_held_peak == 101, "{st:?}");
+    assert_eq!(st.frames_held, held_frames(&h));
+    assert_eq!(
+        h.frames.len() as u64,
+        held_frames(&h),
+        "pruned frames were released"
+    );
+    // Highest sequence first: what A still holds is [1, 1 + sa), and its SACK blocks say so
+    // (the pruned bytes are no longer reported: the sender retransmits them).
+    as_peer(&mut h, &a);
+    h.send_data(2, &[1], false); // a duplicate: answered at once (D-SACK + SACK)
+    let t = h.tx();
+    let sack = t.last().unwrap().sack();
+    let base = a.iss.wrapping_add(1);
+    assert!(
+        sack.contains(&(base + 1, base + 1 + sa as u32)),
+        "SACK {sack:?}, {sa} segments left"
+    );
+    assert!(sack.iter().all(|&(_, e)| e <= base + 1 + sa as u32));
+    assert_eq!(
+        h.ep.info(a.id).unwrap().stats.pressure_pruned,
+        40 - sa as u64
+    );
+}
+
+#[test]
+fn pool_reserve_refuses_out_of_order_data_but_not_in_order_data_or_handshakes() {
+    let cfg = Config {
+        rcvbuf: 256 * TRUESIZE,
+        frame_pool: 100,
+        pool_high_pct: 95,
+        pool_reserve_pct: 20,
+        ooo_pool_pct: 100,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    let a = connect(&mut h, 41000);
+    let c = connect(&mut h, 41002);
+    as_peer(&mut h, &c);
+    let data = pattern(1448 * 90, 5);
+    for k in 0..70usize {
+        h.send_data(1448 * k as u32, &data[1448 * k..1448 * (k + 1)], false);
+    }
+    // 70 frames held: out-of-order data may take 10 more before the reserve (20).
+    as_peer(&mut h, &a);
+    let mut held = 0;
+    for k in 1..=30u32 {
+        if h.send_data(k * 10, &[7], false) == FrameDisposition::Held {
+            held += 1;
+        }
+    }
+    assert_eq!(held, 10);
+    assert_eq!(h.ep.stats().pressure_drops, 20);
+    assert_eq!(h.ep.info(a.id).unwrap().stats.pressure_drops, 20);
+    // A refused segment is answered (duplicate ACK without it in the SACK blocks).
+    let t = h.tx();
+    assert!(t
+        .last()
+        .unwrap()
+        .sack()
+        .iter()
+        .all(|&(s, _)| s != a.iss.wrapping_add(1).wrapping_add(300)));
+    // A handshake still completes, and in-order data still gets frames (past the reserve,
+    // up to the high-water mark where A's out-of-order data is pruned).
+    let d = connect(&mut h, 41003);
+    as_peer(&mut h, &c);
+    for k in 70..90usize {
+        let r = h.send_data(1448 * k as u32, &data[1448 * k..1448 * (k + 1)], false);
+        assert_eq!(r, FrameDisposition::Held);
+    }
+    assert_eq!(h.ep.info(c.id).unwrap().available, 1448 * 90);
+    // At 96 frames (over 95): pruned down to 88.75, i.e. 8 of A's 10 segments.
+    assert_eq!(h.ep.info(a.id).unwrap().ooo_segments, 2);
+    assert_eq!(h.ep.stats().ooo_pruned_segments, 8);
+    assert_eq!(h.ep.stats().prune_runs, 1);
+    as_peer(&mut h, &d);
+    assert_eq!(
+        h.send_data(0, &[1; 100], true),
+        FrameDisposition::Held,
+        "in order"
+    );
+    h.ep.check_invariants();
+    // Reading frees the pool; A's out-of-order data is taken again.
+    as_peer(&mut h, &c);
+    h.read_all();
+    as_peer(&mut h, &a);
+    assert_eq!(h.send_data(300, &[7], false), FrameDisposition::Held);
+    h.ep.check_invariants();
+}
+
+#[test]
+fn per_connection_out_of_order_share_of_the_pool_bounds_tiny_segment_abuse() {
+    let cfg = Config {
+        rcvbuf: 1024 * TRUESIZE,
+        frame_pool: 1024,
+        ooo_pool_pct: 10,
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    let a = connect(&mut h, 41000);
+    as_peer(&mut h, &a);
+    // 1100 one-byte segments behind a hole: at most 10 % of the pool (102 frames) is held.
+    for k in 1..=1100u32 {
+        h.send_data(k, &[1], false);
+    }
+    let i = h.ep.info(a.id).unwrap();
+    assert_eq!(i.ooo_mem, 102 * TRUESIZE as u64);
+    assert_eq!(i.stats.mem_drops, 1100 - 102);
+    // The window is bounded by the share too (so full-sized segments are never dropped).
+    assert!(i.window as u64 <= 103 * 1448, "window {}", i.window);
+    h.ep.check_invariants();
+}
+
+#[test]
+fn connection_cap_reclaims_the_oldest_idle_connection_for_a_cookie_client() {
+    let cfg = Config {
+        max_connections: 8,
+        reclaim_idle_after: Duration::from_secs(10),
+        ..Config::default()
+    };
+    let mut h = Harness::new(cfg);
+    let mut peers = Vec::new();
+    for i in 0..8u16 {
+        peers.push(connect(&mut h, 42000 + i));
+        h.now = h.now + Duration::from_millis(10);
+    }
+    assert_eq!(h.ep.connection_count(), 8);
+    // At the cap, nothing idle for 10 s yet: a new client is answered with a cookie and its
+    // ACK is refused (counted); no established connection is touched.
+    let try_client = |h: &mut Harness, port: u16| -> Option<netrx::tcp::ConnId> {
+        h.peer.local_port = port;
+        h.iss = 7_000_000 + port as u32;
+        h.send_raw(h.iss, TcpFlags::SYN, &[], Harness::syn_options(true));
+        let sa = h.tx().remove(0);
+        assert_eq!(sa.flags().0, TcpFlags::SYN | TcpFlags::ACK);
+        h.rcv_nxt = sa.pkt.tcp.seq.wrapping_add(1);
+        let o = h.ts_opts();
+        h.send_raw(h.iss.wrapping_add(1), TcpFlags::ACK, &[], o);
+        h.ep.accept(PORT)
+    };
+    assert!(try_client(&mut h, 50000).is_none());
+    let st = h.ep.stats();
+    assert_eq!((st.conn_limit_drops, st.conns_reclaimed), (1, 0));
+    assert_eq!(
+        st.syn_cookies_sent, 1,
+        "the cookie is the cap's stateless answer"
+    );
+    assert!(h.tx().is_empty(), "no RST to anyone");
+    // 11 s later: peer 2 is active (data just now); the oldest idle one (peer 0) is reset
+    // and the client gets in at once. Its application learns: the connection ends in Reset.
+    h.advance(Duration::from_secs(11));
+    h.tx();
+    as_peer(&mut h, &peers[2].clone());
+    h.send_data(0, &[5; 100], true);
+    h.tx();
+    let id = try_client(&mut h, 50001).expect("the client gets in");
+    assert_eq!(h.ep.info(id).unwrap().state, State::Established);
+    let t = h.tx();
+    let rst: Vec<_> = t.iter().filter(|s| s.flags().rst()).collect();
+    assert_eq!(rst.len(), 1);
+    assert_eq!(rst[0].pkt.tcp.dst_port, 42000, "the oldest idle connection");
+    let i0 = h.ep.info(peers[0].id).unwrap();
+    assert_eq!(
+        (i0.state, i0.error),
+        (State::Closed, Some(ConnError::Reset))
+    );
+    assert_eq!(h.ep.stats().conns_reclaimed, 1);
+    // The next one reclaims peer 1, never the active peer 2.
+    let _ = try_client(&mut h, 50002).expect("second client");
+    let t = h.tx();
+    assert_eq!(t.iter().filter(|s| s.flags().rst()).count(), 1);
+    assert_eq!(t[0].pkt.tcp.dst_port, 42001);
+    assert_eq!(h.ep.info(peers[2].id).unwrap().state, State::Established);
+    h.ep.check_invariants();
+    // The applications close the reclaimed handles: the records go.
+    h.ep.close(h.now, peers[0].id).unwrap();
+    h.ep.close(h.now, peers[1].id).unwrap();
+    assert_eq!(h.ep.connection_count(), 8);
+    h.ep.check_invariants();
+}
+
+#[test]
+fn connection_cap_without_cookies_reclaims_on_syn_and_zero_never_reclaims() {
+    for after in [Duration::from_secs(10), Duration::ZERO] {
+        let cfg = Config {
+            max_connections: 4,
+            syn_cookies: false,
+            reclaim_idle_after: after,
+            ..Config::default()
+        };
+        let mut h = Harness::new(cfg);
+        for i in 0..4u16 {
+            connect(&mut h, 42000 + i);
+        }
+        h.advance(Duration::from_secs(30));
+        h.tx();
+        h.peer.local_port = 50000;
+        h.iss = 9_000_000;
+        h.send_raw(h.iss, TcpFlags::SYN, &[], Harness::syn_options(true));
+        let t = h.tx();
+        let st = h.ep.stats();
+        if after.is_zero() {
+            assert!(t.is_empty(), "refused at the cap");
+            assert_eq!((st.conn_limit_drops, st.conns_reclaimed), (1, 0));
+        } else {
+            assert_eq!(
+                t.len(),
+                2,
+                "RST to the reclaimed one, SYN-ACK to the new one"
+            );
+            assert!(t[0].flags().rst() && t[1].flags().syn());
+            assert_eq!((st.conn_limit_drops, st.conns_reclaimed), (0, 1));
+        }
+        h.ep.check_invariants();
+    }
+}

@@ -69,8 +69,18 @@ impl HashQueue {
         );
         let rcvbuf = ep.rcvbuf as usize;
         let chunk_size = sock.config().frame_size;
+        // The endpoint's frames come from the UMEM minus the TX reserve (pool-wide pressure).
+        let rx_frames = sock
+            .config()
+            .frame_count
+            .saturating_sub(sock.config().tx_reserve);
         let mut ep = Endpoint::new(Config {
             frame_truesize: chunk_size,
+            frame_pool: if ep.frame_pool == 0 {
+                rx_frames
+            } else {
+                ep.frame_pool
+            },
             ..ep
         });
         ep.listen(port).expect("a fresh endpoint listens");

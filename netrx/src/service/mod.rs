@@ -184,6 +184,9 @@ pub struct ServiceConfig {
     pub small_frames: bool,
     /// Connections waiting for [`Listener::accept`] before the pollers hold new ones back.
     pub accept_backlog: usize,
+    /// Live connections per RX queue (embryonic included). At the cap, a connection idle
+    /// for 10 s is reset to make room; otherwise new ones are refused (SYN dropped).
+    pub max_connections: usize,
     /// How often pollers publish stats.
     pub stats_interval: Duration,
     /// A DMA op not completed after this long is aborted and redone by CPU.
@@ -213,6 +216,7 @@ impl ServiceConfig {
             },
             small_frames: true,
             accept_backlog: 128,
+            max_connections: 16384,
             stats_interval: Duration::from_millis(100),
             dma_timeout: Duration::from_millis(50),
         }

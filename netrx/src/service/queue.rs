@@ -158,12 +158,19 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
         ccfg.dma_timeout_ns = cfg.dma_timeout.as_nanos() as u64;
         let copier = Copier::new(ccfg, engine, mem, Box::new(MonotonicClock::default()));
         let chunk_size = sock.config().frame_size;
+        // The frames RX can hold: the UMEM minus those kept for TX.
+        let rx_frames = sock
+            .config()
+            .frame_count
+            .saturating_sub(sock.config().tx_reserve);
         let mut ep = Endpoint::new(tcp::Config {
             mtu: mtu.min(u16::MAX as u32) as u16,
             rcvbuf: cfg.rcvbuf as u32,
             frame_truesize: chunk_size,
+            frame_pool: rx_frames,
             checksum: cfg.checksum,
             accept_backlog: cfg.accept_backlog.max(1),
+            max_connections: cfg.max_connections.max(1),
             isn_secret: rand_secret(q),
             ..tcp::Config::default()
         });

@@ -11,11 +11,30 @@ use crate::wire::fast::FastSeg;
 use crate::wire::tcp::{OptionsOut, TcpFlags};
 use crate::wire::{IpPair, Packet, ReplyAddrs, SegmentSpec, TxFrame};
 
+/// Frames no longer referenced, and the total truesize ever released (the endpoint's pool
+/// accounting: frames held = truesize taken in - truesize released).
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    pub frames: Vec<FrameId>,
+    pub mem: u64,
+}
+
+impl Released {
+    #[inline]
+    pub fn push(&mut self, frame: FrameId, truesize: u32) {
+        self.frames.push(frame);
+        self.mem += truesize as u64;
+    }
+}
+
 /// Where a connection's effects go: frames to send and frames no longer referenced.
 pub(crate) struct Io<'a> {
     pub cfg: &'a Config,
     pub tx: &'a mut VecDeque<TxFrame>,
-    pub released: &'a mut Vec<FrameId>,
+    pub released: &'a mut Released,
+    /// Truesize an out-of-order segment may still take from the shared frame pool before it
+    /// reaches the reserve kept for in-order data and handshakes (`u64::MAX`: no pool known).
+    pub pool_free: u64,
 }
 
 /// What a segment or a timer did to the connection, for the endpoint's bookkeeping.
@@ -29,6 +48,8 @@ pub(crate) struct Outcome {
     pub notify: bool,
     /// In-order data wants an ACK at the end of the batch ([`Conn::batch_ack`]).
     pub batch_ack: bool,
+    /// An out-of-order segment was refused for the pool's reserve.
+    pub pressure_drop: bool,
 }
 
 /// A received frame the connection references.
@@ -60,6 +81,8 @@ pub(crate) struct Conn {
     pub accepted: bool,
     pub app_closed: bool,
     pub in_ready: bool,
+    /// Reset to make room at the connection cap (the record waits for the application).
+    pub reclaimed: bool,
     pub error: Option<ConnError>,
     pub stats: ConnStats,
     // Send side (SYN and FIN only).
@@ -138,7 +161,7 @@ pub(crate) struct Conn {
     rtx: Option<Backoff>,
     rto: Duration,
     synack_sent_at: Instant,
-    last_rx: Instant,
+    pub last_rx: Instant,
     tw_deadline: Option<Instant>,
     challenge_window: Instant,
     challenge_count: u32,
@@ -180,6 +203,7 @@ impl Conn {
             accepted: false,
             app_closed: false,
             in_ready: false,
+            reclaimed: false,
             error: None,
             stats: ConnStats::default(),
             iss,
@@ -211,7 +235,7 @@ impl Conn {
             ts_recent_ms: now.as_millis(),
             ts_offset: iss.rotate_left(13),
             dsack: None,
-            ooo_cap: cfg.max_ooo_mem as u64,
+            ooo_cap: cfg.ooo_limit(),
             reserve: (WINDOW_RESERVE_FRAMES * cfg.frame_truesize.max(1) as u64)
                 .min(cfg.rcvbuf as u64 / 8),
             frames: Vec::new(),
@@ -454,18 +478,18 @@ impl Conn {
 
     /// Drops one reference to a slot; frees the frame when none remain.
     #[inline]
-    fn unref(&mut self, slot: u32, released: &mut Vec<FrameId>) {
+    fn unref(&mut self, slot: u32, released: &mut Released) {
         let h = &mut self.frames[slot as usize];
         h.refs -= 1;
         if h.refs == 0 {
             self.mem -= h.truesize as u64;
-            released.push(h.frame);
+            released.push(h.frame, h.truesize);
             self.free_slots.push(slot);
         }
     }
 
     /// Drops every queued reference (reset, abort).
-    fn discard_queues(&mut self, released: &mut Vec<FrameId>) {
+    fn discard_queues(&mut self, released: &mut Released) {
         let q: Vec<SegRef> = self.in_order.drain(..).chain(self.reasm.drain()).collect();
         self.ooo_truesize = 0;
         for g in q {
@@ -785,6 +809,14 @@ impl Conn {
                 self.send_ack(now, io);
                 return out;
             }
+            if !in_order && truesize as u64 > io.pool_free {
+                // The shared pool is down to its reserve: it is kept for in-order data and
+                // handshakes, out-of-order data waits for the retransmission.
+                self.stats.pressure_drops += 1;
+                out.pressure_drop = true;
+                self.send_ack(now, io);
+                return out;
+            }
             let seg = SegRef {
                 slot: 0,
                 off,
@@ -1025,6 +1057,50 @@ impl Conn {
         self.ooo_truesize
     }
 
+    /// Pool pressure: gives up the highest out-of-order segment (its frame is referenced by
+    /// the store only, never by a copy). What is pruned was never acknowledged, only SACKed:
+    /// the next ACK's SACK blocks no longer cover it (RFC 2018 reneging; the sender keeps it
+    /// for retransmission). Returns false when nothing is left out of order.
+    pub fn prune_ooo_last(&mut self, released: &mut Released) -> bool {
+        let Some(g) = self.reasm.pop_last() else {
+            return false;
+        };
+        self.stats.ooo_pruned += 1;
+        self.stats.pressure_pruned += 1;
+        self.ooo_leave(g.slot);
+        self.unref(g.slot, released);
+        true
+    }
+
+    /// Whether the connection may be reset to make room at the connection cap: the peer holds
+    /// it open (established, half-closed, or TIME-WAIT) and no copy out of it is in progress
+    /// (the endpoint checks how long it has been idle, `last_rx`).
+    pub fn reclaimable(&self) -> bool {
+        matches!(
+            self.state,
+            State::Established | State::CloseWait | State::FinWait2 | State::TimeWait
+        ) && self.pieces_out == 0
+            && !self.reclaimed
+    }
+
+    /// Resets the connection to make room at the connection cap (TIME-WAIT just ends, like
+    /// Linux when its TIME-WAIT buckets run out). The application sees `Reset`.
+    pub fn reclaim(&mut self, io: &mut Io) {
+        self.reclaimed = true;
+        if self.state == State::TimeWait {
+            self.enter_closed(io, None);
+            return;
+        }
+        self.send_rst(io);
+        self.discard_queues(io.released);
+        let err = if self.app_closed {
+            None
+        } else {
+            Some(ConnError::Reset)
+        };
+        self.enter_closed(io, err);
+    }
+
     /// Whether to hold back the duplicate ACK for out-of-order data (SACK compression, as Linux
     /// `__tcp_ack_snd_check`): the first three for each `rcv_nxt` go out at once so fast
     /// retransmit triggers, later ones are held for min(RTT / 20, `comp_sack_delay`) and at
@@ -1110,11 +1186,11 @@ impl Conn {
 
     /// Frees a slot that was allocated but never queued.
     fn forget_slot(&mut self, slot: u32) {
-        let mut v = Vec::new();
+        let mut v = Released::default();
         self.unref(slot, &mut v);
         // The frame was never held from the shell's point of view: the caller returns `held =
         // false`, so it is not reported as released.
-        debug_assert_eq!(v.len(), 1);
+        debug_assert_eq!(v.frames.len(), 1);
     }
 
     #[inline]
@@ -1206,7 +1282,7 @@ impl Conn {
     /// The consumer is done with a piece. Frees its frame when nothing else references it and
     /// sends a window update when the window grew enough (Linux `tcp_cleanup_rbuf` rule).
     #[inline]
-    pub fn release(&mut self, slot: u32, released: &mut Vec<FrameId>) {
+    pub fn release(&mut self, slot: u32, released: &mut Released) {
         self.pieces_out -= 1;
         self.unref(slot, released);
     }

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
-use super::conn::{Conn, Io, Outcome};
+use super::conn::{Conn, Io, Outcome, Released};
 use super::reasm::SegRef;
 use super::timers::{earliest, Instant};
 use super::{Config, ConnId, ConnInfo, FrameId, State, TcpError};
@@ -91,9 +91,23 @@ pub struct EndpointStats {
     pub syn_cookies_ok: u64,
     /// ACKs to a listener that carried no valid cookie (answered with RST).
     pub syn_cookies_failed: u64,
+    /// New connections refused at `Config::max_connections` (SYNs and cookie ACKs) because no
+    /// connection was idle long enough to be reclaimed.
     pub conn_limit_drops: u64,
+    /// Idle connections reset to make room at `Config::max_connections`.
+    pub conns_reclaimed: u64,
     pub established: u64,
     pub closed: u64,
+    /// Out-of-order segments refused because the frame pool was down to its reserve.
+    pub pressure_drops: u64,
+    /// Times the frames held crossed the pool's high-water mark (a prune ran).
+    pub prune_runs: u64,
+    /// Out-of-order segments pruned under pool pressure, and their frames.
+    pub ooo_pruned_segments: u64,
+    pub ooo_pruned_frames: u64,
+    /// Frames (in `frame_truesize` units) held by all connections now, and the most so far.
+    pub frames_held: u64,
+    pub frames_held_peak: u64,
 }
 
 /// The MSS values a SYN cookie can carry (as Linux's `msstab`).
@@ -171,7 +185,15 @@ pub struct Endpoint {
     /// Header prediction's flow lookup: no general-purpose hash, an exact compare.
     flows: Box<[FlowEntry; FLOW_CACHE]>,
     tx: VecDeque<TxFrame>,
-    released: Vec<FrameId>,
+    released: Released,
+    /// Truesize of every frame ever held (minus `released.mem`: what is held now).
+    held_in: u64,
+    held_peak: u64,
+    /// Reclaimed connections whose record waits for the application's close: they no longer
+    /// count against `max_connections`.
+    reclaimed_live: usize,
+    /// No connection can be reclaimed before this time (a failed scan's lower bound).
+    reclaim_not_before: Instant,
     events: VecDeque<EndpointEvent>,
     /// Connections whose memory shrank since the last window-update check.
     wnd_check: Vec<ConnId>,
@@ -192,7 +214,11 @@ impl Endpoint {
             last: None,
             flows: Box::new([NO_FLOW; FLOW_CACHE]),
             tx: VecDeque::new(),
-            released: Vec::new(),
+            released: Released::default(),
+            held_in: 0,
+            held_peak: 0,
+            reclaimed_live: 0,
+            reclaim_not_before: Instant::from_nanos(0),
             events: VecDeque::new(),
             wnd_check: Vec::new(),
             ack_check: Vec::new(),
@@ -205,7 +231,29 @@ impl Endpoint {
     }
 
     pub fn stats(&self) -> EndpointStats {
-        self.stats
+        let ts = self.cfg.frame_truesize.max(1) as u64;
+        EndpointStats {
+            frames_held: self.held_mem().div_ceil(ts),
+            frames_held_peak: self.held_peak.div_ceil(ts),
+            ..self.stats
+        }
+    }
+
+    /// Truesize of the frames all connections hold now (queued, out of order, being copied).
+    pub fn held_mem(&self) -> u64 {
+        self.held_in.saturating_sub(self.released.mem)
+    }
+
+    /// Truesize an out-of-order segment may take before the pool reaches its reserve.
+    #[inline]
+    fn pool_free(&self) -> u64 {
+        if self.cfg.frame_pool == 0 {
+            return u64::MAX;
+        }
+        self.cfg
+            .pool_mem()
+            .saturating_sub(self.cfg.pool_reserve())
+            .saturating_sub(self.held_mem())
     }
 
     /// Accepts connections to `port`.
@@ -266,6 +314,7 @@ impl Endpoint {
             cfg: &self.cfg,
             tx: &mut self.tx,
             released: &mut self.released,
+            pool_free: u64::MAX,
         };
         Ok(f(c, &mut io))
     }
@@ -293,10 +342,83 @@ impl Endpoint {
         self.stats.frames_in += 1;
         if self.cfg.fast_path {
             if let Some(d) = self.on_frame_fast(now, frame, bytes, truesize) {
+                self.took(d, truesize);
                 return d;
             }
         }
-        self.on_frame_full(now, frame, bytes, truesize)
+        let d = self.on_frame_full(now, frame, bytes, truesize);
+        self.took(d, truesize);
+        d
+    }
+
+    /// Pool accounting for a frame just taken in; prunes when above the high-water mark.
+    #[inline]
+    fn took(&mut self, d: FrameDisposition, truesize: u32) {
+        if d == FrameDisposition::Held {
+            self.held_in += truesize as u64;
+            let held = self.held_mem();
+            if held > self.held_peak {
+                self.held_peak = held;
+            }
+            if self.cfg.frame_pool != 0 && held > self.cfg.pool_high() {
+                self.prune();
+            }
+        }
+    }
+
+    /// Pool pressure (Linux `tcp_prune_ofo_queue` under `tcp_mem`): out-of-order data goes,
+    /// from the connection holding the most out-of-order truesize first, highest sequence
+    /// first, until the frames held are down to the low-water mark. In-order data and pieces
+    /// being copied are never touched.
+    #[inline(never)]
+    fn prune(&mut self) {
+        self.stats.prune_runs += 1;
+        let low = self.cfg.pool_low();
+        let ts = self.cfg.frame_truesize.max(1) as u64;
+        while self.held_mem() > low {
+            // The largest out-of-order holder and the runner-up.
+            let mut best: Option<(u64, usize)> = None;
+            let mut second = 0u64;
+            for (i, sl) in self.slots.iter().enumerate() {
+                let Some(c) = sl.conn.as_deref() else {
+                    continue;
+                };
+                let m = c.ooo_mem();
+                if m == 0 {
+                    continue;
+                }
+                match best {
+                    Some((b, _)) if m <= b => second = second.max(m),
+                    _ => {
+                        second = second.max(best.map_or(0, |b| b.0));
+                        best = Some((m, i));
+                    }
+                }
+            }
+            let Some((_, idx)) = best else {
+                break;
+            };
+            let c = self.slots[idx]
+                .conn
+                .as_deref_mut()
+                .expect("scanned a live slot");
+            let mut pruned = false;
+            while self.held_in.saturating_sub(self.released.mem) > low && c.ooo_mem() >= second {
+                let before = self.released.mem;
+                if !c.prune_ooo_last(&mut self.released) {
+                    break;
+                }
+                pruned = true;
+                self.stats.ooo_pruned_segments += 1;
+                self.stats.ooo_pruned_frames += (self.released.mem - before).div_ceil(ts);
+                if c.ooo_mem() == 0 {
+                    break;
+                }
+            }
+            if !pruned {
+                break;
+            }
+        }
     }
 
     /// The full path: [`wire::parse`] and [`Endpoint::on_packet`], the reference for every
@@ -355,7 +477,12 @@ impl Endpoint {
             return None;
         }
         let (cfg, tx, released) = (&self.cfg, &mut self.tx, &mut self.released);
-        let batch_ack = c.fast_apply(&s, frame, truesize, now, || Io { cfg, tx, released });
+        let batch_ack = c.fast_apply(&s, frame, truesize, now, || Io {
+            cfg,
+            tx,
+            released,
+            pool_free: u64::MAX,
+        });
         self.stats.fast_path += 1;
         // `after` for an established connection that got data (no FIN, no error here).
         let id = c.id;
@@ -432,6 +559,7 @@ impl Endpoint {
             .listeners
             .get(&port)
             .is_some_and(|l| l.accept.len() < self.cfg.accept_backlog);
+        let pool_free = self.pool_free();
         let slot = &mut self.slots[idx as usize];
         let c = slot.conn.as_deref_mut().expect("mapped slot is live");
         let was_embryonic = c.state == State::SynReceived;
@@ -439,8 +567,10 @@ impl Endpoint {
             cfg: &self.cfg,
             tx: &mut self.tx,
             released: &mut self.released,
+            pool_free,
         };
         let out = c.on_segment(p, frame, truesize, accept_room, now, &mut io);
+        self.stats.pressure_drops += out.pressure_drop as u64;
         self.after(idx, out, was_embryonic);
         if out.held {
             FrameDisposition::Held
@@ -542,6 +672,9 @@ impl Endpoint {
                 l.accept.retain(|&x| x != id);
             }
         }
+        if c.reclaimed {
+            self.reclaimed_live -= 1;
+        }
         slot.conn = None;
         slot.reported = 0;
         slot.gen = slot.gen.wrapping_add(1);
@@ -577,16 +710,20 @@ impl Endpoint {
             return FrameDisposition::Free;
         }
         self.stats.syns += 1;
-        if self.live >= self.cfg.max_connections {
-            self.stats.conn_limit_drops += 1;
+        let backlog_full = l.embryonic >= self.cfg.syn_backlog;
+        let at_cap = self.live - self.reclaimed_live >= self.cfg.max_connections;
+        if self.cfg.syn_cookies && (backlog_full || at_cap) {
+            // No state: at the cap, the connection is made (an idle one reclaimed) only when
+            // the cookie comes back, so spoofed SYNs cannot reclaim anything.
+            self.cookie_synack(p, now);
             return FrameDisposition::Free;
         }
-        if l.embryonic >= self.cfg.syn_backlog {
-            if self.cfg.syn_cookies {
-                self.cookie_synack(p, now);
-            } else {
-                self.stats.syn_backlog_drops += 1;
-            }
+        if backlog_full {
+            self.stats.syn_backlog_drops += 1;
+            return FrameDisposition::Free;
+        }
+        if !self.room_for_one(now) {
+            self.stats.conn_limit_drops += 1;
             return FrameDisposition::Free;
         }
         let iss = self.isn(p, now);
@@ -623,6 +760,7 @@ impl Endpoint {
             cfg: &self.cfg,
             tx,
             released: &mut self.released,
+            pool_free: u64::MAX,
         };
         let c = Conn::from_syn(id, syn, iss, now, &mut io);
         self.slots[idx as usize].conn = Some(Box::new(c));
@@ -632,6 +770,70 @@ impl Endpoint {
             l.embryonic += 1;
         }
         idx
+    }
+
+    /// Whether one more connection fits under `max_connections`, reclaiming the connection
+    /// idle longest when the cap is reached (see [`Config::reclaim_idle_after`]).
+    fn room_for_one(&mut self, now: Instant) -> bool {
+        if self.live - self.reclaimed_live < self.cfg.max_connections {
+            return true;
+        }
+        let after = self.cfg.reclaim_idle_after;
+        if after.is_zero() || now < self.reclaim_not_before {
+            return false;
+        }
+        // The oldest idle candidate. A connection's last receive time only moves forward and
+        // new connections start idle at `now`, so when none qualifies the earliest time one
+        // can is a lower bound that spares the scans until then (a SYN flood at the cap costs
+        // one scan per bound).
+        let mut oldest: Option<(Instant, u32)> = None;
+        let mut next = now + after;
+        for (i, sl) in self.slots.iter().enumerate() {
+            let Some(c) = sl.conn.as_deref() else {
+                continue;
+            };
+            if c.reclaimed || c.state == State::Closed || c.state == State::SynReceived {
+                continue;
+            }
+            let due = c.last_rx + after;
+            if due <= now && c.reclaimable() {
+                if oldest.is_none_or(|(t, _)| c.last_rx < t) {
+                    oldest = Some((c.last_rx, i as u32));
+                }
+            } else if due > now && due < next {
+                next = due;
+            }
+        }
+        let Some((_, idx)) = oldest else {
+            // Connections with a copy in progress may become candidates at any time.
+            let busy = self
+                .slots
+                .iter()
+                .filter_map(|s| s.conn.as_deref())
+                .any(|c| c.pieces_out > 0);
+            if !busy {
+                self.reclaim_not_before = next;
+            }
+            return false;
+        };
+        let c = self.slots[idx as usize]
+            .conn
+            .as_deref_mut()
+            .expect("scanned a live slot");
+        let mut io = Io {
+            cfg: &self.cfg,
+            tx: &mut self.tx,
+            released: &mut self.released,
+            pool_free: u64::MAX,
+        };
+        c.reclaim(&mut io);
+        self.reclaimed_live += 1;
+        self.stats.conns_reclaimed += 1;
+        tracing::debug!(conn = idx, "connection cap: idle connection reclaimed");
+        self.unmap(idx);
+        self.report(idx, true);
+        self.reap(idx);
+        true
     }
 
     // ----- SYN cookies -----
@@ -675,6 +877,7 @@ impl Endpoint {
             cfg: &self.cfg,
             tx: &mut self.tx,
             released: &mut self.released,
+            pool_free: u64::MAX,
         };
         let _ = Conn::from_syn(ConnId { idx: 0, gen: 0 }, syn, cookie, now, &mut io);
         self.stats.syn_cookies_sent += 1;
@@ -718,6 +921,11 @@ impl Endpoint {
             o.window_scale = Some(((bits >> 20) & 0xf) as u8);
         }
         syn.tcp.options = o;
+        if !self.room_for_one(now) {
+            // At the cap: the ACK is dropped (the cookie stays valid; the peer retransmits).
+            self.stats.conn_limit_drops += 1;
+            return FrameDisposition::Free;
+        }
         let mut scratch = VecDeque::new();
         let idx = self.open_embryonic(&syn, cookie, now, &mut scratch);
         self.stats.syn_cookies_ok += 1;
@@ -774,7 +982,7 @@ impl Endpoint {
     /// The next event, in order: frames released first (so that they go back to the fill ring
     /// as early as possible), then connection events. See [`EndpointEvent`].
     pub fn poll_event(&mut self) -> Option<EndpointEvent> {
-        if let Some(f) = self.released.pop() {
+        if let Some(f) = self.released.frames.pop() {
             return Some(EndpointEvent::FrameReleased(f));
         }
         let ev = self.events.pop_front()?;
@@ -969,6 +1177,7 @@ impl Endpoint {
                 cfg: &self.cfg,
                 tx: &mut self.tx,
                 released: &mut self.released,
+                pool_free: u64::MAX,
             };
             let changed = c.on_timeout(now, &mut io);
             let out = Outcome {
@@ -989,6 +1198,24 @@ impl Endpoint {
             }
         }
         assert_eq!(live, self.live);
+        let mem: u64 = self
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.as_deref())
+            .map(|c| c.mem)
+            .sum();
+        assert_eq!(
+            mem,
+            self.held_mem(),
+            "pool accounting: held = sum of connections"
+        );
+        let reclaimed = self
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.as_deref())
+            .filter(|c| c.reclaimed)
+            .count();
+        assert_eq!(reclaimed, self.reclaimed_live);
         for l in self.listeners.values() {
             assert!(l.embryonic <= self.cfg.syn_backlog);
         }

@@ -93,7 +93,8 @@ pub struct Config {
     pub syn_backlog: usize,
     /// Established connections waiting for `accept` per listener.
     pub accept_backlog: usize,
-    /// Live connections in total (embryonic included).
+    /// Live connections in total (embryonic included). At the cap an idle connection may be
+    /// reclaimed ([`Config::reclaim_idle_after`]).
     pub max_connections: usize,
     pub checksum: ChecksumMode,
     pub sack: bool,
@@ -146,6 +147,59 @@ pub struct Config {
     /// and queued by a short path that gives exactly the full path's result. Off: every frame
     /// takes the full path (the reference; the differential tests compare the two).
     pub fast_path: bool,
+    /// Frames in the shared pool the endpoint's frames come from (the UMEM frames available
+    /// to RX), each of `frame_truesize`. 0: unknown, no pool-wide accounting (each connection
+    /// is bounded by its `rcvbuf` only). See "Memory pressure" in `docs/tcp.md`.
+    pub frame_pool: u32,
+    /// High-water mark, percent of the pool: when the frames held by all connections exceed
+    /// it, out-of-order data is pruned (the connection holding the most out-of-order frames
+    /// first, highest sequence first) down to the low-water mark (high minus 1/16 of the pool),
+    /// as Linux prunes under `tcp_mem` pressure.
+    pub pool_high_pct: u8,
+    /// Reserve, percent of the pool, kept for in-order data and handshakes: an out-of-order
+    /// segment is refused when storing it would leave fewer free frames than this.
+    pub pool_reserve_pct: u8,
+    /// Out-of-order share, percent of the pool: the most frame truesize one connection may
+    /// hold out of order (and its window is bounded by it, like `max_ooo_mem`; at least four
+    /// frames).
+    pub ooo_pool_pct: u8,
+    /// Connection-cap reclaim: when `max_connections` is reached, a new connection takes the
+    /// place of the connection idle longest, if it received nothing for at least this long
+    /// (established or closing, no copy in progress; it is reset and its application sees
+    /// `Reset`). `Duration::ZERO`: never reclaim (new connections are refused at the cap).
+    pub reclaim_idle_after: Duration,
+}
+
+impl Config {
+    /// Truesize of the whole pool (0: no pool known).
+    pub fn pool_mem(&self) -> u64 {
+        self.frame_pool as u64 * self.frame_truesize.max(1) as u64
+    }
+    fn pool_pct(&self, pct: u8) -> u64 {
+        self.pool_mem() * pct.min(100) as u64 / 100
+    }
+    /// Held truesize above which out-of-order data is pruned.
+    pub fn pool_high(&self) -> u64 {
+        self.pool_pct(self.pool_high_pct)
+    }
+    /// Held truesize pruning brings the pool back to.
+    pub fn pool_low(&self) -> u64 {
+        self.pool_high().saturating_sub(self.pool_mem() / 16)
+    }
+    /// Truesize kept free for in-order data and handshakes.
+    pub fn pool_reserve(&self) -> u64 {
+        self.pool_pct(self.pool_reserve_pct)
+    }
+    /// Out-of-order truesize one connection may hold (`max_ooo_mem` and the pool share).
+    pub fn ooo_limit(&self) -> u64 {
+        let share = if self.frame_pool == 0 {
+            u64::MAX
+        } else {
+            self.pool_pct(self.ooo_pool_pct)
+                .max(4 * self.frame_truesize.max(1) as u64)
+        };
+        share.min(self.max_ooo_mem as u64)
+    }
 }
 
 impl Default for Config {
@@ -180,6 +234,11 @@ impl Default for Config {
             batch_acks: true,
             ack_stretch: 64 << 10,
             fast_path: true,
+            frame_pool: 0,
+            pool_high_pct: 75,
+            pool_reserve_pct: 12,
+            ooo_pool_pct: 12,
+            reclaim_idle_after: Duration::from_secs(10),
         }
     }
 }
@@ -200,6 +259,10 @@ pub struct ConnStats {
     pub ooo_range_drops: u64,
     /// Segments dropped because the receive memory (rcvbuf) was full.
     pub mem_drops: u64,
+    /// Out-of-order segments refused because the shared frame pool reached its reserve.
+    pub pressure_drops: u64,
+    /// Out-of-order segments pruned under pool pressure (counted in `ooo_pruned` too).
+    pub pressure_pruned: u64,
     pub acks_sent: u64,
     pub dup_acks_sent: u64,
     /// Out-of-order ACKs held back and merged (SACK compression).
