@@ -1,5 +1,7 @@
 //! netrx-tests: harness for end-to-end and hardware-in-loop tests.
 //!
+//! - [`flood`]: the hostile peers of `netrx-flood` (spoofed SYN, out-of-order and idle floods)
+//!   as a sans-IO state machine.
 //! - [`hashq`]: an inline reader (hashing every stream on the poller thread) over the same
 //!   receive core and AF_XDP shell as the service.
 //! - [`netns`]: private network namespaces, veth pairs, two- and three-host topologies, and the
@@ -10,6 +12,7 @@
 //!
 //! See `docs/testing.md` for the test tiers and how to use both.
 
+pub mod flood;
 pub mod hashq;
 pub mod netns;
 pub mod relay;
