@@ -187,10 +187,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     while let Some(ev) = ep.poll_event() {
-            if let netrx::tcp::EndpointEvent::FrameReleased(f) = ev {
-                released.push(f);
-            }
+        if let netrx::tcp::EndpointEvent::FrameReleased(f) = ev {
+            released.push(f);
         }
+    }
     for f in released.drain(..) {
         assert!(
             frames.remove(&f).is_some(),

@@ -921,6 +921,16 @@ impl Endpoint {
             o.window_scale = Some(((bits >> 20) & 0xf) as u8);
         }
         syn.tcp.options = o;
+        // A valid cookie but a full accept queue (as Linux's listen overflow): the ACK is
+        // dropped and the peer retransmits it. A connection made now could not leave
+        // SYN-RECEIVED and would take the listener past its SYN backlog.
+        let accept_full = self
+            .listeners
+            .get(&p.tcp.dst_port)
+            .is_none_or(|l| l.accept.len() >= self.cfg.accept_backlog);
+        if accept_full {
+            return FrameDisposition::Free;
+        }
         if !self.room_for_one(now) {
             // At the cap: the ACK is dropped (the cookie stays valid; the peer retransmits).
             self.stats.conn_limit_drops += 1;
