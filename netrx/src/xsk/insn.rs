@@ -297,6 +297,16 @@ impl ProgramSpec {
     }
 }
 
+/// `return XDP_PASS`: hands every frame to the kernel stack. The benchmarks attach it to the
+/// receiving veth (native mode) so that a kernel socket pays the same XDP path netrx does.
+pub fn pass_program() -> Vec<Insn> {
+    const XDP_PASS: i32 = 2;
+    let mut a = Asm::new();
+    a.mov_imm(Reg::R0, XDP_PASS).exit();
+    // No labels, so nothing to resolve: finish cannot fail.
+    a.finish().unwrap_or_default()
+}
+
 /// Build the XDP program for `spec`, redirecting into the XSKMAP whose fd is `map_fd`.
 pub fn redirect_program(spec: &ProgramSpec, map_fd: i32) -> Vec<Insn> {
     use Reg::*;
@@ -540,6 +550,17 @@ fn jump(pc: usize, off: i16, len: usize) -> Result<usize, InterpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pass_program_returns_xdp_pass() {
+        let p = pass_program();
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].code, p[0].dst(), p[0].imm),
+            (BPF_ALU64 | BPF_MOV | BPF_K, 0, 2)
+        );
+        assert_eq!(p[1].code, BPF_JMP | BPF_EXIT);
+    }
 
     fn bytes(i: &mut Asm) -> Vec<u8> {
         to_bytes(&std::mem::take(i).finish().unwrap())

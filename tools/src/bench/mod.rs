@@ -5,8 +5,11 @@
 //!   write, doorbell, completion reaping), by size, with the break-even size.
 //! - [`policy`]: a synthetic stream through the sans-IO [`netrx::copy::Copier`] with the seed's
 //!   parameters under each copy policy, on the model engine, with ratios against policy `cpu`.
+//! - [`e2e`]: kernel TCP over veth into netrx receive configurations and two kernel reference
+//!   rows (plain, and behind XDP_PASS), with packet-path counters and whole-machine CPU per GB.
 
 pub mod copy_sizes;
+pub mod e2e;
 pub mod policy;
 
 /// Median of `v` (0 for an empty set).

@@ -2,12 +2,21 @@
 //!
 //! `netrx-bench copy-sizes`: receive-core cost of a CPU copy vs handing it to I/OAT, by size.
 //! `netrx-bench policy`: the seed's NET_DMA experiment through the sans-IO copier, per policy.
+//! `netrx-bench e2e`: kernel TCP over veth into netrx and two kernel reference rows (as root).
 
 #[path = "../cli.rs"]
 mod cli;
 
 #[path = "../bench/mod.rs"]
 mod bench;
+
+#[path = "../svg.rs"]
+#[allow(dead_code)]
+mod svg;
+
+#[path = "../netrxd/mod.rs"]
+#[allow(dead_code)]
+mod netrxd;
 
 use std::time::Duration;
 
@@ -116,6 +125,56 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// End to end, as root: a kernel TCP sender (iperf 2 -l 2M, or the built-in sender) over veth
+    /// between private network namespaces into netrx configurations, the kernel socket, and the
+    /// kernel socket behind a native XDP_PASS program; runs alternate; per row Gbit/s min/median/
+    /// max, ratios to both kernel rows, packet-path counters, whole-machine CPU per GB.
+    #[command(allow_negative_numbers = true)]
+    E2e {
+        /// Seconds of sending per run (1..=600).
+        #[arg(long, default_value_t = 5, value_parser = cli::int_in(1, 600, "s"))]
+        seconds: u64,
+        /// Runs per row (1..=50), alternating: every row once, then again.
+        #[arg(long, default_value_t = 5, value_parser = cli::usize_in(1, 50, ""))]
+        repeats: usize,
+        /// netrx configurations: cpu, netdma, netdma-lowat, adaptive (the two kernel rows are
+        /// always added).
+        #[arg(long, value_delimiter = ',', default_value = "cpu,adaptive")]
+        configs: Vec<String>,
+        /// Sender socket buffers (iperf -w); the seed's is 250K.
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, value_delimiter = ',', default_value = "250K,1M")]
+        window: Vec<usize>,
+        /// Link MTUs.
+        #[arg(long, value_delimiter = ',', default_value = "1500,9000", value_parser = clap::value_parser!(u32).range(1280..=9000))]
+        mtu: Vec<u32>,
+        /// SO_RCVBUF of every receiver (netrx gets twice this, as Linux doubles it).
+        #[arg(long, allow_hyphen_values = true, value_parser = parse_size, default_value = "250K")]
+        rcvbuf: usize,
+        /// model[:skx|bdx|icx] or the PCI address of an I/OAT device bound to vfio-pci.
+        #[arg(long, default_value = "model")]
+        engine: String,
+        /// auto (iperf 2 when installed, else the built-in sender), iperf, or builtin.
+        #[arg(long, default_value = "auto")]
+        sender: netrxd::sender::SenderChoice,
+        /// Also draw the table as an SVG picture into FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<std::path::PathBuf>,
+        /// Machine-readable report on stdout (progress stays on stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The built-in sender (started by `e2e` inside its sender namespace).
+    #[command(name = "__send-tcp", hide = true)]
+    SendTcp {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long)]
+        sndbuf: usize,
+        #[arg(long)]
+        len: usize,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
+    },
 }
 
 fn gbytes_to_bps(g: f64) -> Result<u64> {
@@ -199,6 +258,53 @@ fn main() -> Result<()> {
             } else {
                 print!("{}", policy::render(&r));
             }
+        }
+        Cmd::E2e {
+            seconds,
+            repeats,
+            configs,
+            window,
+            mtu,
+            rcvbuf,
+            engine,
+            sender,
+            svg,
+            json,
+        } => {
+            let o = bench::e2e::Opts {
+                seconds,
+                repeats,
+                configs,
+                windows: window,
+                mtus: mtu,
+                engine: engine.parse()?,
+                sender,
+                rcvbuf,
+            };
+            let r = bench::e2e::run(&o)?;
+            if let Some(p) = svg {
+                std::fs::write(&p, bench::e2e::render_svg(&r))
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", bench::e2e::render(&r));
+            }
+        }
+        Cmd::SendTcp {
+            to,
+            sndbuf,
+            len,
+            seconds,
+        } => {
+            let r = netrxd::sender::send(&netrxd::sender::SendParams {
+                to,
+                sndbuf,
+                len,
+                seconds,
+            })?;
+            println!("{}", r.line());
         }
     }
     Ok(())

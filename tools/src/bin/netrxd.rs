@@ -277,6 +277,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 rcvbuf,
                 sender,
                 repeats: repeats as usize,
+                sender_window: netrxd::demo::WINDOW,
             });
             if let (Err(_), Some(p)) = (&result, &svg) {
                 // No picture: leave no empty file behind.

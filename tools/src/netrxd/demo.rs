@@ -48,25 +48,30 @@ pub struct DemoOpts {
     pub sender: SenderChoice,
     /// Runs per configuration (interleaved: all configurations once, then again).
     pub repeats: usize,
+    /// The sender's socket buffer (iperf `-w`; the seed's [`WINDOW`]).
+    pub sender_window: usize,
 }
 
 /// One configuration of the table.
 #[derive(Clone, Debug)]
-struct Case {
-    name: &'static str,
-    kind: CaseKind,
+pub struct Case {
+    pub name: &'static str,
+    pub kind: CaseKind,
 }
 
 #[derive(Clone, Debug)]
-enum CaseKind {
+pub enum CaseKind {
     Netrx {
         policy: PolicyKind,
         rcvlowat: Option<usize>,
     },
     Kernel,
+    /// The kernel socket with an XDP program returning XDP_PASS attached to the receiving veth
+    /// in native mode: the kernel pays the same veth XDP path that netrx does.
+    KernelXdpPass,
 }
 
-fn cases() -> Vec<Case> {
+pub fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "cpu",
@@ -249,7 +254,7 @@ fn progress(msg: &str) {
     eprintln!("netrxd demo: {msg}");
 }
 
-fn preflight() -> Result<()> {
+pub fn preflight() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("netrxd demo needs root (it creates network namespaces and attaches XDP); run it with sudo");
@@ -280,20 +285,31 @@ struct RecvResult {
     active: Duration,
     copy: Option<CopyCounters>,
     rx_cpu_ns: u64,
+    /// `/proc/net/snmp` Tcp InSegs and OutSegs of the receiver namespace over the transfer.
+    snmp: Option<(u64, u64)>,
+    path: Option<super::rx::PathCounters>,
 }
 
 /// One run of one configuration.
-#[derive(Clone, Debug)]
-struct Run {
-    gbit_s: f64,
-    copy_share_pct: Option<f64>,
-    dma_share_pct: Option<f64>,
-    mean_dma_bytes: Option<f64>,
-    rx_cpu_pct: f64,
-    bytes: u64,
-    seconds: f64,
-    wakeups: Option<[u64; 4]>,
-    sender_report: String,
+#[derive(Clone, Debug, Default)]
+pub struct Run {
+    pub gbit_s: f64,
+    pub copy_share_pct: Option<f64>,
+    pub dma_share_pct: Option<f64>,
+    pub mean_dma_bytes: Option<f64>,
+    pub rx_cpu_pct: f64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub wakeups: Option<[u64; 4]>,
+    pub sender_report: String,
+    /// Copy-path counters of the netrx service over the transfer (None for kernel rows).
+    pub copy: Option<CopyCounters>,
+    /// Kernel TCP segments received / sent in the receiver namespace (`/proc/net/snmp`); they
+    /// count only kernel-stack traffic, so they describe the kernel rows.
+    pub snmp_in_segs: Option<u64>,
+    pub snmp_out_segs: Option<u64>,
+    /// Packet-path counters of the netrx service over the transfer (None for kernel rows).
+    pub path: Option<super::rx::PathCounters>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -341,7 +357,25 @@ fn aggregate(name: &str, runs: Vec<Run>) -> Row {
     }
 }
 
-fn run_case(
+/// Tcp InSegs and OutSegs from the text of `/proc/net/snmp`.
+pub fn parse_snmp_tcp(text: &str) -> Option<(u64, u64)> {
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let head: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let vals: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |k: &str| -> Option<u64> {
+        let i = head.iter().position(|h| *h == k)?;
+        vals.get(i)?.parse().ok()
+    };
+    Some((get("InSegs")?, get("OutSegs")?))
+}
+
+/// The calling thread's network namespace's Tcp InSegs and OutSegs.
+fn snmp_tcp_now() -> Option<(u64, u64)> {
+    parse_snmp_tcp(&std::fs::read_to_string("/proc/thread-self/net/snmp").ok()?)
+}
+
+/// One run of `case`: a receiver in the receiver namespace, the sender in the sender namespace.
+pub fn run_case(
     topo: &TwoHost,
     case: &Case,
     port: u16,
@@ -359,8 +393,19 @@ fn run_case(
     let receiver = topo
         .receiver
         .spawn_thread(move || -> Result<RecvResult> {
+            // Kept for the whole run: dropping the link detaches the program.
+            let mut _xdp_pass = None;
+            if let CaseKind::KernelXdpPass = kind {
+                match attach_pass(&iface) {
+                    Ok(l) => _xdp_pass = Some(l),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow!("{e:#}")));
+                        return Err(e);
+                    }
+                }
+            }
             let listener: Result<Box<dyn RxListener>> = match kind {
-                CaseKind::Kernel => KernelListener::bind(
+                CaseKind::Kernel | CaseKind::KernelXdpPass => KernelListener::bind(
                     SocketAddr::from((RECEIVER_ADDR, port)),
                     Some(rcvbuf),
                     BUF_LEN,
@@ -441,16 +486,29 @@ fn run_case(
                 l.lock().as_ref().and_then(|l| l.copy_counters())
             };
             let copy0 = counters_of(&listener);
+            let path_of = |l: &Mutex<Option<Box<dyn RxListener>>>| {
+                l.lock().as_ref().and_then(|l| l.path_counters())
+            };
+            let path0 = path_of(&listener);
+            let snmp0 = snmp_tcp_now();
             let cpu0 = cputime::sample();
             let counters = DaemonCounters::default();
             let sink = SinkFactory::new(SinkSpec::Discard)?.open(None)?;
             let r = pump(conn, sink, &counters, &ab);
             let cpu1 = cputime::sample();
+            let snmp = match (snmp0, snmp_tcp_now()) {
+                (Some(a), Some(b)) => Some((b.0.wrapping_sub(a.0), b.1.wrapping_sub(a.1))),
+                _ => None,
+            };
             let timed_out = ab.swap(true, Ordering::Relaxed);
             let _ = wd.join();
             // The pollers publish stats periodically: let the last ones land.
             std::thread::sleep(Duration::from_millis(250));
             let copy = match (copy0, counters_of(&listener)) {
+                (Some(a), Some(b)) => Some(b.since(&a)),
+                _ => None,
+            };
+            let path = match (path0, path_of(&listener)) {
                 (Some(a), Some(b)) => Some(b.since(&a)),
                 _ => None,
             };
@@ -474,6 +532,8 @@ fn run_case(
                 active: r.active,
                 copy,
                 rx_cpu_ns: cputime::spent(&cpu0, &cpu1, is_receive_thread),
+                snmp,
+                path,
             })
         })
         .context("cannot start the receiver thread in the receiver namespace")?;
@@ -490,13 +550,14 @@ fn run_case(
         }
     }
     let secs = opts.seconds.to_string();
+    let window = opts.sender_window.to_string();
     let addr = RECEIVER_ADDR.to_string();
     let p = port.to_string();
     let (prog, args): (String, Vec<String>) = match sender {
         Sender::Iperf2 => (
             "iperf".into(),
             [
-                "-c", &addr, "-p", &p, "-w", "250K", "-l", "2M", "-t", &secs, "-e",
+                "-c", &addr, "-p", &p, "-w", &window, "-l", "2M", "-t", &secs, "-e",
             ]
             .map(String::from)
             .to_vec(),
@@ -509,7 +570,7 @@ fn run_case(
                 "--to".into(),
                 format!("{addr}:{p}"),
                 "--sndbuf".into(),
-                WINDOW.to_string(),
+                window.clone(),
                 "--len".into(),
                 BUF_LEN.to_string(),
                 "--seconds".into(),
@@ -577,7 +638,23 @@ fn run_case(
         seconds: secs,
         wakeups,
         sender_report: sender_line,
+        snmp_in_segs: rr.snmp.map(|s| s.0),
+        snmp_out_segs: rr.snmp.map(|s| s.1),
+        copy: rr.copy,
+        path: rr.path,
     })
+}
+
+/// Attaches a pass-only XDP program to `iface` (of the calling thread's namespace) in native
+/// mode; detached when the link is dropped.
+fn attach_pass(iface: &str) -> Result<netrx::xsk::XdpLink> {
+    use netrx::xsk::{iface, insn, AttachMode, XdpLink, XdpProgram};
+    let info = iface::lookup(iface).map_err(|e| anyhow!("{iface}: {e}"))?;
+    // With frags the program also takes jumbo (multi-buffer) frames.
+    let prog = XdpProgram::load(&insn::pass_program(), true, "netrx_pass")
+        .map_err(|e| anyhow!("cannot load the XDP_PASS program: {e}"))?;
+    XdpLink::attach(&prog, info.ifindex, iface, AttachMode::Native)
+        .map_err(|e| anyhow!("cannot attach the XDP_PASS program to {iface} (native): {e}"))
 }
 
 fn opt(v: Option<f64>, prec: usize, unit: &str) -> String {
@@ -904,6 +981,7 @@ mod tests {
             seconds: 1.0,
             wakeups: Some([1, 0, 0, 0]),
             sender_report: format!("{g}"),
+            ..Run::default()
         };
         let row = aggregate("cpu", vec![run(2.0, 0.0), run(1.0, 4.0), run(3.0, 2.0)]);
         assert_eq!(row.gbit_s, 2.0);

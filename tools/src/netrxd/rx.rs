@@ -30,6 +30,37 @@ pub trait RxListener: Send {
     fn accept(&mut self, timeout: Duration) -> io::Result<Option<Box<dyn RxConn>>>;
     /// Copy-path counters (None for the kernel receiver: the kernel does not tell).
     fn copy_counters(&self) -> Option<CopyCounters>;
+    /// Packet-path counters of the receive engine (None for the kernel receiver).
+    fn path_counters(&self) -> Option<PathCounters> {
+        None
+    }
+}
+
+/// Packet-path counters of a netrx receiver, summed over its queues.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PathCounters {
+    /// Frames the TCP endpoint took in (data segments and the sender's pure ACKs).
+    pub frames_in: u64,
+    /// Control frames sent (ACKs, window updates).
+    pub tx_frames: u64,
+    /// `sendto` kicks of the AF_XDP TX ring.
+    pub tx_kicks: u64,
+    /// RX ring reads that returned packets, and the packets they returned.
+    pub rx_batches: u64,
+    pub rx_packets: u64,
+}
+
+impl PathCounters {
+    /// `self - earlier`, saturating.
+    pub fn since(&self, e: &PathCounters) -> PathCounters {
+        PathCounters {
+            frames_in: self.frames_in.saturating_sub(e.frames_in),
+            tx_frames: self.tx_frames.saturating_sub(e.tx_frames),
+            tx_kicks: self.tx_kicks.saturating_sub(e.tx_kicks),
+            rx_batches: self.rx_batches.saturating_sub(e.rx_batches),
+            rx_packets: self.rx_packets.saturating_sub(e.rx_packets),
+        }
+    }
 }
 
 /// Kernel TCP receiver (std::net), reading with a fixed-size buffer.

@@ -127,6 +127,18 @@ impl RxListener for NetrxListener {
     fn copy_counters(&self) -> Option<CopyCounters> {
         Some(CopyCounters::from_copy_stats(&self.l.stats().total))
     }
+
+    fn path_counters(&self) -> Option<super::rx::PathCounters> {
+        let mut p = super::rx::PathCounters::default();
+        for q in &self.l.stats().queues {
+            p.frames_in += q.endpoint.frames_in;
+            p.tx_frames += q.tx.tx_frames;
+            p.tx_kicks += q.xsk.tx_kicks;
+            p.rx_batches += q.xsk.rx_batches;
+            p.rx_packets += q.xsk.rx_packets;
+        }
+        Some(p)
+    }
 }
 
 struct NetrxConn {
