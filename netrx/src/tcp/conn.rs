@@ -456,7 +456,7 @@ impl Conn {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn alloc_slot(&mut self, frame: FrameId, truesize: u32) -> u32 {
         self.mem += truesize as u64;
         let h = HeldFrame {
@@ -1149,7 +1149,7 @@ impl Conn {
     }
 
     /// Updates the receive RTT estimate from the echoed timestamp of a data segment.
-    #[inline]
+    #[inline(always)]
     fn sample_rcv_rtt(&mut self, ts: Option<(u32, u32)>, now: Instant) {
         if !self.ts_ok {
             return;
@@ -1193,7 +1193,7 @@ impl Conn {
         debug_assert_eq!(v.frames.len(), 1);
     }
 
-    #[inline]
+    #[inline(always)]
     fn push_in_order(&mut self, g: SegRef) {
         self.rcv_nxt = self.rcv_nxt.wrapping_add(g.len);
         self.rcv_off += g.len as u64;

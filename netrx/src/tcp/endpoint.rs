@@ -189,6 +189,8 @@ pub struct Endpoint {
     /// Truesize of every frame ever held (minus `released.mem`: what is held now).
     held_in: u64,
     held_peak: u64,
+    /// `cfg.pool_high()`, or `u64::MAX` without a pool (computed once: it is read per frame).
+    pool_high: u64,
     /// Reclaimed connections whose record waits for the application's close: they no longer
     /// count against `max_connections`.
     reclaimed_live: usize,
@@ -204,6 +206,11 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(cfg: Config) -> Self {
+        let pool_high = if cfg.frame_pool == 0 {
+            u64::MAX
+        } else {
+            cfg.pool_high()
+        };
         Endpoint {
             cfg,
             listeners: HashMap::new(),
@@ -217,6 +224,7 @@ impl Endpoint {
             released: Released::default(),
             held_in: 0,
             held_peak: 0,
+            pool_high,
             reclaimed_live: 0,
             reclaim_not_before: Instant::from_nanos(0),
             events: VecDeque::new(),
@@ -331,7 +339,7 @@ impl Endpoint {
     /// Parses `bytes` and processes the segment. `frame` identifies the buffer for later
     /// release; `truesize` is what it costs against rcvbuf (the UMEM chunk size, or several for
     /// a multi-buffer frame).
-    #[inline]
+    #[inline(always)]
     pub fn on_frame(
         &mut self,
         now: Instant,
@@ -340,29 +348,29 @@ impl Endpoint {
         truesize: u32,
     ) -> FrameDisposition {
         self.stats.frames_in += 1;
-        if self.cfg.fast_path {
-            if let Some(d) = self.on_frame_fast(now, frame, bytes, truesize) {
-                self.took(d, truesize);
-                return d;
-            }
+        let fast = if self.cfg.fast_path {
+            self.on_frame_fast(now, frame, bytes, truesize)
+        } else {
+            None
+        };
+        let d = match fast {
+            Some(d) => d,
+            None => self.on_frame_full(now, frame, bytes, truesize),
+        };
+        if d == FrameDisposition::Held {
+            self.took(truesize);
         }
-        let d = self.on_frame_full(now, frame, bytes, truesize);
-        self.took(d, truesize);
         d
     }
 
     /// Pool accounting for a frame just taken in; prunes when above the high-water mark.
-    #[inline]
-    fn took(&mut self, d: FrameDisposition, truesize: u32) {
-        if d == FrameDisposition::Held {
-            self.held_in += truesize as u64;
-            let held = self.held_mem();
-            if held > self.held_peak {
-                self.held_peak = held;
-            }
-            if self.cfg.frame_pool != 0 && held > self.cfg.pool_high() {
-                self.prune();
-            }
+    #[inline(always)]
+    fn took(&mut self, truesize: u32) {
+        self.held_in += truesize as u64;
+        let held = self.held_mem();
+        self.held_peak = self.held_peak.max(held);
+        if held > self.pool_high {
+            self.prune();
         }
     }
 
