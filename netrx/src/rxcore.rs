@@ -80,6 +80,12 @@ pub enum AppRequest<B> {
     Abort {
         sid: u32,
     },
+    /// Readiness, like a one-shot `EPOLLIN`: [`AppEvent::Ready`] once the stream has bytes to
+    /// read, or its end (FIN, reset, timeout) to report; at once if it has them now. Lets one
+    /// application thread serve many streams without a buffer posted on each idle one.
+    Watch {
+        sid: u32,
+    },
 }
 
 /// How a receive ended.
@@ -117,6 +123,9 @@ pub enum AppEvent<B> {
         buf: B,
         stats: Option<Box<CopyStats>>,
     },
+    /// Stream `sid`, watched with [`AppRequest::Watch`], is readable: a receive now returns
+    /// data or its end without waiting. One event per watch.
+    Ready { sid: u32 },
 }
 
 /// Counters of the core.
@@ -143,6 +152,8 @@ struct StreamCtx<B> {
     closed: bool,
     /// The application closed the stream while a receive was posted.
     app_closed: bool,
+    /// A [`AppRequest::Watch`] waits for the stream to become readable.
+    watched: bool,
 }
 
 /// A segment handed to the copier in one or more pieces (one per descriptor it spans).
@@ -294,6 +305,29 @@ impl<E: CopyEngine, B> RxCore<E, B> {
             }
             AppRequest::Close { sid } => self.close(now, sid, false),
             AppRequest::Abort { sid } => self.close(now, sid, true),
+            AppRequest::Watch { sid } => match self.streams.get_mut(&sid) {
+                Some(st) => {
+                    st.watched = true;
+                    self.check_ready(sid);
+                }
+                // Closed already: readable (a receive reports the end).
+                None => self.app.push_back(AppEvent::Ready { sid }),
+            },
+        }
+    }
+
+    /// Reports a watched stream that is readable: bytes queued with the copier, or its end.
+    fn check_ready(&mut self, sid: u32) {
+        let Some(st) = self.streams.get_mut(&sid) else {
+            return;
+        };
+        if !st.watched || st.app_closed {
+            return;
+        }
+        let ended = st.fin || st.err.is_some() || st.closed;
+        if ended || self.copier.queued(StreamId(sid)) > 0 {
+            st.watched = false;
+            self.app.push_back(AppEvent::Ready { sid });
         }
     }
 
@@ -403,6 +437,7 @@ impl<E: CopyEngine, B> RxCore<E, B> {
                 EndpointEvent::Readable(c) => {
                     if let Some(&sid) = self.by_conn.get(&c) {
                         self.feed(sid);
+                        self.check_ready(sid);
                     }
                 }
                 EndpointEvent::Fin(c) => self.conn_ended(c, None),
@@ -428,6 +463,7 @@ impl<E: CopyEngine, B> RxCore<E, B> {
             }
         }
         self.fin_check.push(sid);
+        self.check_ready(sid);
     }
 
     fn open_conn(&mut self, c: ConnId) {
@@ -438,6 +474,7 @@ impl<E: CopyEngine, B> RxCore<E, B> {
             StreamCtx {
                 conn: c,
                 posted: None,
+                watched: false,
                 fin: false,
                 err: None,
                 closed: false,

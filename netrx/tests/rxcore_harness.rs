@@ -139,6 +139,9 @@ struct Scenario {
     hostile_span: usize,
     /// The well-behaved senders start this long after the hostile ones.
     client_delay: Duration,
+    /// Readers wait for readiness (`AppRequest::Watch`), then drain with nonblocking receives
+    /// until `WouldBlock`, then watch again (the epoll style of a daemon's worker pool).
+    watch: bool,
 }
 
 impl Default for Scenario {
@@ -165,6 +168,7 @@ impl Default for Scenario {
             hostile_rate: 20,
             hostile_span: 4000,
             client_delay: Duration::ZERO,
+            watch: false,
         }
     }
 }
@@ -476,6 +480,11 @@ struct Reader {
     posted: bool,
     stalled: u32,
     eof: bool,
+    /// Watch mode: a watch is armed / readiness was reported and not yet drained.
+    watching: bool,
+    ready: bool,
+    /// Watch mode: the next reply is the first receive after a readiness report.
+    after_ready: bool,
 }
 
 struct Run {
@@ -697,6 +706,13 @@ impl Run {
                 r.stalled = 1 + (self.rng.next() % u64::from(stall_max.max(1))) as u32;
                 continue;
             }
+            if self.sc.watch && !r.ready {
+                if !r.watching {
+                    r.watching = true;
+                    self.core.handle_app(self.now, AppRequest::Watch { sid });
+                }
+                continue;
+            }
             r.posted = true;
             let req = RecvRequest {
                 len: self.pool.slot_len(),
@@ -704,7 +720,7 @@ impl Run {
                 waitall: false,
                 peek: false,
                 low_latency: false,
-                nonblocking: false,
+                nonblocking: self.sc.watch,
                 registered: self.sc.registered,
             };
             let dst = self.pool.start(r.slot);
@@ -758,8 +774,21 @@ impl Run {
                             posted: false,
                             stalled: 0,
                             eof: false,
+                            watching: false,
+                            ready: false,
+                            after_ready: false,
                         },
                     );
+                }
+                AppEvent::Ready { sid } => {
+                    let Some(r) = self.readers.get_mut(&sid) else {
+                        continue;
+                    };
+                    assert!(r.watching, "readiness reported without a watch");
+                    assert!(!r.posted, "readiness reported while a receive is posted");
+                    r.watching = false;
+                    r.ready = true;
+                    r.after_ready = true;
                 }
                 AppEvent::RecvDone {
                     sid,
@@ -775,6 +804,7 @@ impl Run {
                         "the buffer comes back with its reply"
                     );
                     r.posted = false;
+                    let first = std::mem::take(&mut r.after_ready);
                     let start = self.pool.start(r.slot);
                     assert!(
                         !self.flight.borrow().writes(
@@ -805,6 +835,14 @@ impl Run {
                             let sid_close = sid;
                             self.core
                                 .handle_app(self.now, AppRequest::Close { sid: sid_close });
+                        }
+                        RecvStatus::WouldBlock if self.sc.watch => {
+                            assert!(
+                                !first,
+                                "stream {}: the first receive after readiness would block",
+                                r.peer
+                            );
+                            r.ready = false;
                         }
                         other => panic!("stream {}: receive ended with {other:?}", r.peer),
                     }
@@ -928,6 +966,38 @@ impl Run {
 fn clean_stream_cpu() {
     let r = Run::new(Scenario::default()).run();
     assert!(r.frames_in > 1400, "{}", r.frames_in);
+}
+
+/// The worker-pool style: readers watch for readiness and drain with nonblocking receives.
+/// Every readiness report is true (the first receive after it does not block), the stream
+/// arrives byte-exact under impairment, with DMA and stalls, and EOF is reported as readable.
+#[test]
+fn watch_then_drain_nonblocking() {
+    for (seed, dma) in [(21u64, false), (22, true)] {
+        let r = Run::new(Scenario {
+            seed,
+            streams: 4,
+            bytes: 512 << 10,
+            loss: 0.02,
+            reorder: 0.1,
+            dup: 0.01,
+            corrupt: 0.005,
+            watch: true,
+            stall: (0.05, 5),
+            policy: if dma {
+                PolicyKind::NetDma
+            } else {
+                PolicyKind::Cpu
+            },
+            dma: dma.then(NullConfig::default),
+            ..Scenario::default()
+        })
+        .run();
+        assert!(
+            r.readers.values().all(|r| r.eof),
+            "every stream reached EOF"
+        );
+    }
 }
 
 #[test]

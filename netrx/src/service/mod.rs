@@ -299,6 +299,47 @@ fn stopped() -> io::Error {
     )
 }
 
+/// Readiness and completions of many streams for one application thread (like an epoll
+/// instance): [`Stream::watch`] and [`Stream::post_recv_registered`] name a token, and the
+/// token arrives here when the stream is readable or the posted receive completed. Lets a
+/// few threads serve thousands of streams. Unbounded, but each stream has at most one
+/// notification outstanding.
+#[derive(Debug)]
+pub struct ReadyQueue {
+    tx: std::sync::mpsc::Sender<u64>,
+    rx: Receiver<u64>,
+}
+
+impl Default for ReadyQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReadyQueue {
+    pub fn new() -> ReadyQueue {
+        let (tx, rx) = std::sync::mpsc::channel();
+        ReadyQueue { tx, rx }
+    }
+
+    /// The next token, waiting up to `timeout`.
+    pub fn wait(&self, timeout: Duration) -> Option<u64> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// The next token if one is there.
+    pub fn try_next(&self) -> Option<u64> {
+        self.rx.try_recv().ok()
+    }
+
+    fn notify(&self, token: u64) -> Notify {
+        Notify {
+            tx: self.tx.clone(),
+            token,
+        }
+    }
+}
+
 /// A plain application buffer posted to the poller (CPU copies only).
 pub(crate) struct PlainPtr(pub(crate) *mut u8);
 // SAFETY: the pointer is written only by the poller while the application thread is blocked
@@ -310,11 +351,29 @@ pub(crate) enum Target {
     Registered(RegisteredBuf),
 }
 
+/// Where the poller announces a stream's event: `token` on a [`ReadyQueue`]'s channel.
+pub(crate) struct Notify {
+    pub(crate) tx: std::sync::mpsc::Sender<u64>,
+    pub(crate) token: u64,
+}
+
+impl Notify {
+    pub(crate) fn fire(self) {
+        let _ = self.tx.send(self.token);
+    }
+}
+
 pub(crate) enum Request {
     Recv {
         sid: u32,
         req: RecvRequest,
         target: Target,
+        /// Announce the reply here too (a posted receive, [`Stream::post_recv_registered`]).
+        notify: Option<Notify>,
+    },
+    Watch {
+        sid: u32,
+        notify: Notify,
     },
     SetRcvbuf {
         sid: u32,
@@ -524,6 +583,8 @@ pub struct Stream {
     nonblocking: bool,
     bytes: u64,
     aborted: bool,
+    /// A receive is posted ([`Stream::post_recv_registered`]) and not yet collected.
+    posted: bool,
 }
 
 impl fmt::Debug for Stream {
@@ -552,6 +613,7 @@ impl Stream {
             nonblocking: false,
             bytes: 0,
             aborted: false,
+            posted: false,
         }
     }
 
@@ -565,6 +627,7 @@ impl Stream {
         if buf.is_empty() {
             return Ok(0);
         }
+        self.not_posted()?;
         let req = self.request(buf.len(), flags, false);
         let target = Target::Plain {
             ptr: PlainPtr(buf.as_mut_ptr()),
@@ -589,12 +652,87 @@ impl Stream {
         buf: RegisteredBuf,
         flags: RecvFlags,
     ) -> io::Result<(RegisteredBuf, usize)> {
+        self.not_posted()?;
         let req = self.request(buf.capacity(), flags, true);
         let r = self.round_trip(req, Target::Registered(buf))?;
         match self.finish(r)? {
             (n, Some(b)) => Ok((b, n)),
             (_, None) => Err(io::Error::other("poller returned no buffer")),
         }
+    }
+
+    /// Posts a receive into `buf` without waiting for it (the receive rules are
+    /// [`Stream::recv_registered`]'s: it completes at rcvlowat, PSH, a full buffer or the
+    /// stream's end, and DMA may fill it early). When it completes, `token` arrives on `q`;
+    /// then [`Stream::poll_recv`] returns the buffer and what it holds. One receive at a time
+    /// per stream; the other receive calls fail while one is posted.
+    pub fn post_recv_registered(
+        &mut self,
+        buf: RegisteredBuf,
+        q: &ReadyQueue,
+        token: u64,
+    ) -> io::Result<()> {
+        self.not_posted()?;
+        let req = self.request(buf.capacity(), RecvFlags::default(), true);
+        send(
+            &self.q.waker,
+            &self.tx,
+            Request::Recv {
+                sid: self.sid,
+                req,
+                target: Target::Registered(buf),
+                notify: Some(q.notify(token)),
+            },
+        )?;
+        self.posted = true;
+        Ok(())
+    }
+
+    /// The result of the receive posted with [`Stream::post_recv_registered`], once it
+    /// completed (`None` before, or when none is posted). `Ok((buf, 0))` at end of stream.
+    pub fn poll_recv(&mut self) -> Option<io::Result<(RegisteredBuf, usize)>> {
+        if !self.posted {
+            return None;
+        }
+        let r = match self.rx.try_recv() {
+            Ok(r) => r,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => {
+                self.posted = false;
+                return Some(Err(stopped()));
+            }
+        };
+        self.posted = false;
+        Some(match self.finish(r) {
+            Ok((n, Some(b))) => Ok((b, n)),
+            Ok((_, None)) => Err(io::Error::other("poller returned no buffer")),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Asks for `token` on `q` once the stream is readable (bytes queued, or its end: FIN,
+    /// reset, timeout), at once if it is now: a one-shot `EPOLLIN`. Read it then with
+    /// nonblocking receives until `WouldBlock`, and watch again. A watch or posted receive
+    /// replaces the stream's previous notification target.
+    pub fn watch(&mut self, q: &ReadyQueue, token: u64) -> io::Result<()> {
+        send(
+            &self.q.waker,
+            &self.tx,
+            Request::Watch {
+                sid: self.sid,
+                notify: q.notify(token),
+            },
+        )
+    }
+
+    fn not_posted(&self) -> io::Result<()> {
+        if self.posted {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a receive is posted on this stream; collect it with poll_recv first",
+            ));
+        }
+        Ok(())
     }
 
     fn request(&self, len: usize, flags: RecvFlags, registered: bool) -> RecvRequest {
@@ -617,6 +755,7 @@ impl Stream {
                 sid: self.sid,
                 req,
                 target,
+                notify: None,
             },
         )?;
         self.rx.recv().map_err(|_| stopped())

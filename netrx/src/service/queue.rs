@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::bufpool::{BufPool, PoolShared, RegisteredBuf};
 use super::engines::{new_model, AnyEngine};
 use super::{
-    EngineKind, Listener, QueueShared, QueueStats, Reply, Request, ServiceConfig, Status,
+    EngineKind, Listener, Notify, QueueShared, QueueStats, Reply, Request, ServiceConfig, Status,
     StreamParts, StreamShared, Target,
 };
 use crate::copy::IoatEngine;
@@ -260,6 +260,8 @@ struct StreamChan {
     shared: Arc<StreamShared>,
     /// The region standing for the stream's plain (CPU-only) receive buffers.
     plain: Option<(RegionId, Arc<PlainSlot>)>,
+    /// Where the next readiness or posted-receive completion is announced.
+    notify: Option<Notify>,
 }
 
 /// One queue's handler: the I/O shell around [`RxCore`].
@@ -300,10 +302,18 @@ impl ServiceQueue {
 
     fn request(&mut self, now: Instant, r: Request) {
         let r = match r {
-            Request::Recv { sid, req, target } => {
+            Request::Recv {
+                sid,
+                req,
+                target,
+                notify,
+            } => {
                 let Some(ch) = self.chans.get_mut(&sid) else {
                     return;
                 };
+                if notify.is_some() {
+                    ch.notify = notify;
+                }
                 let (dst, buf) = match target {
                     Target::Registered(b) => {
                         if !b.same_pool(&self.pool) {
@@ -315,6 +325,9 @@ impl ServiceQueue {
                                 ),
                                 buf: Some(b),
                             });
+                            if let Some(n) = ch.notify.take() {
+                                n.fire();
+                            }
                             return;
                         }
                         (MemRef::new(POOL_REGION, b.offset()), Some(b))
@@ -348,6 +361,14 @@ impl ServiceQueue {
                 self.chans.remove(&sid);
                 AppRequest::Abort { sid }
             }
+            Request::Watch { sid, notify } => {
+                let Some(ch) = self.chans.get_mut(&sid) else {
+                    // Closed by the application: nothing to report.
+                    return;
+                };
+                ch.notify = Some(notify);
+                AppRequest::Watch { sid }
+            }
         };
         self.core.handle_app(now, r);
     }
@@ -365,6 +386,7 @@ impl ServiceQueue {
                             resp: rtx,
                             shared: shared.clone(),
                             plain: None,
+                            notify: None,
                         },
                     );
                     self.to_accept.push_back(StreamParts {
@@ -380,6 +402,11 @@ impl ServiceQueue {
                         low_latency: self.low_latency,
                     });
                 }
+                AppEvent::Ready { sid } => {
+                    if let Some(n) = self.chans.get_mut(&sid).and_then(|ch| ch.notify.take()) {
+                        n.fire();
+                    }
+                }
                 AppEvent::RecvDone {
                     sid,
                     len,
@@ -387,7 +414,7 @@ impl ServiceQueue {
                     buf,
                     stats,
                 } => {
-                    let Some(ch) = self.chans.get(&sid) else {
+                    let Some(ch) = self.chans.get_mut(&sid) else {
                         continue;
                     };
                     if let Some(cs) = stats {
@@ -413,6 +440,9 @@ impl ServiceQueue {
                         }
                     };
                     let _ = ch.resp.try_send(Reply { len, status, buf });
+                    if let Some(n) = ch.notify.take() {
+                        n.fire();
+                    }
                 }
             }
         }
