@@ -160,6 +160,8 @@ impl HashQueue {
                 AppEvent::RecvDone {
                     sid, len, status, ..
                 } => self.recv_done(now, sid, len, status),
+                // This handler posts receives and never watches.
+                AppEvent::Ready { .. } => {}
             }
         }
         self.io.output(sock, &mut self.core);

@@ -521,3 +521,71 @@ fn netrxd_demo_ctrl_c_cleans_up() {
         "namespaces left: {list}"
     );
 }
+
+/// A tmpfs mounted for one test, unmounted (and its mount point removed) on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(tag: &str, size: &str) -> Tmpfs {
+        let d = tmpdir(tag);
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&d)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount tmpfs on {}", d.display());
+        Tmpfs(d)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A full sink filesystem is never a clean close: the daemon resets the connection, so the
+/// sender sees an error for data that was acknowledged and could not be stored; the
+/// `.partial` keeps what was stored, and the stats and the log say so.
+#[test]
+fn netrxd_full_sink_resets_the_sender() {
+    if !guard("netrxd_full_sink_resets_the_sender", &[]) {
+        return;
+    }
+    let t = topo();
+    let fs = Tmpfs::mount("fullsink", "4m");
+    let port = 5303;
+    let (child, sock) = start_daemon(&t, port, &fs.0, &[]);
+    let sender = t
+        .sender
+        .spawn_thread(move || send_stream(port, 16 << 20, 9))
+        .unwrap();
+    let r = sender.join().unwrap();
+    let v = stats_json(&sock);
+    sigterm(&child);
+    let out = child.wait_timeout(Duration::from_secs(20)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {log}", out.status);
+    let e = r.expect_err("16 MiB into a 4 MiB filesystem cannot look complete to the sender");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "the sender sees a reset, not a timeout: {e}"
+    );
+    assert!(v["sink_errors"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["connections_aborted"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["connections_completed"].as_u64().unwrap(), 0, "{v}");
+    let (complete, partial) = files(&fs.0.join("out"));
+    assert!(complete.is_empty(), "{complete:?}");
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    let kept = std::fs::metadata(&partial[0]).unwrap().len();
+    assert!(kept > 0 && kept <= 4 << 20, "kept {kept} bytes");
+    assert!(log.contains("the sink failed"), "{log}");
+    eprintln!(
+        "full sink: sender error {e}; .partial {kept} bytes; stats sink_errors {}",
+        v["sink_errors"]
+    );
+}

@@ -332,11 +332,28 @@ impl ReadyQueue {
         self.rx.try_recv().ok()
     }
 
+    /// A handle other threads use to put their own tokens on this queue (e.g. "a new stream
+    /// is waiting for you").
+    pub fn sender(&self) -> ReadySender {
+        ReadySender(self.tx.clone())
+    }
+
     fn notify(&self, token: u64) -> Notify {
         Notify {
             tx: self.tx.clone(),
             token,
         }
+    }
+}
+
+/// Puts tokens on a [`ReadyQueue`] from another thread.
+#[derive(Debug, Clone)]
+pub struct ReadySender(std::sync::mpsc::Sender<u64>);
+
+impl ReadySender {
+    /// False once the queue is gone.
+    pub fn send(&self, token: u64) -> bool {
+        self.0.send(token).is_ok()
     }
 }
 
@@ -673,7 +690,9 @@ impl Stream {
         token: u64,
     ) -> io::Result<()> {
         self.not_posted()?;
-        let req = self.request(buf.capacity(), RecvFlags::default(), true);
+        let mut req = self.request(buf.capacity(), RecvFlags::default(), true);
+        // It waits by nature (the point of posting): never the stream's nonblocking mode.
+        req.nonblocking = false;
         send(
             &self.q.waker,
             &self.tx,

@@ -7,19 +7,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use parking_lot::Mutex;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info};
 
 use super::config::Settings;
-use super::rx::{pump, RxListener};
-use super::sink::{Outcome, SinkFactory};
+use super::rx::RxListener;
+use super::rx_netrx::NetrxListener;
+use super::sink::SinkFactory;
 use super::stats::{self, CopyCounters, DaemonCounters, Snapshot};
+use super::workers::{Accepted, Workers, WORKERS};
 use super::{rx_netrx, signals};
 
 /// Runs until SIGINT/SIGTERM. Returns Ok after a clean shutdown.
 pub fn run(settings: Settings) -> Result<()> {
     signals::install().context("cannot install signal handlers")?;
     let sinks = Arc::new(SinkFactory::new(settings.sink.clone())?);
-    let listener = rx_netrx::bind(&settings).with_context(|| {
+    let listener = rx_netrx::bind_listener(&settings).with_context(|| {
         format!(
             "cannot start receiving on {}:{} (as root; the device bound to vfio-pci first with \
              `ioat-ctl bind BDF` when --engine is a PCI address)",
@@ -36,7 +38,9 @@ pub fn run(settings: Settings) -> Result<()> {
         "netrxd listening"
     );
     // `None` once shut down (dropping the listener detaches XDP and ends blocked receives).
-    let listener: Arc<Mutex<Option<Box<dyn RxListener>>>> = Arc::new(Mutex::new(Some(listener)));
+    let pool = listener.buffers();
+    let recv_size = listener.recv_size();
+    let listener: Arc<Mutex<Option<NetrxListener>>> = Arc::new(Mutex::new(Some(listener)));
     let counters = Arc::new(DaemonCounters::default());
     let started = Instant::now();
     // The listener's copy counters are read under its lock by the stats threads; the accept loop
@@ -81,15 +85,15 @@ pub fn run(settings: Settings) -> Result<()> {
     };
 
     let abort = Arc::new(AtomicBool::new(false));
-    let mut conns: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let mut workers = Workers::start(WORKERS, pool, recv_size, counters.clone(), abort.clone())?;
     while !signals::stop_requested() {
         let got = match listener.lock().as_mut() {
-            Some(l) => l.accept(Duration::from_millis(100)),
+            Some(l) => l.accept_stream(Duration::from_millis(100)),
             None => break,
         };
         match got {
-            Ok(Some(conn)) => {
-                let peer = conn.peer();
+            Ok(Some(stream)) => {
+                let peer = Some(stream.peer_addr());
                 counters.accepted.fetch_add(1, Ordering::Relaxed);
                 counters.active.fetch_add(1, Ordering::Relaxed);
                 let sink = match sinks.open(peer) {
@@ -97,40 +101,17 @@ pub fn run(settings: Settings) -> Result<()> {
                     Err(e) => {
                         error!(
                             ?peer,
-                            "cannot open a sink file: {e}; dropping the connection"
+                            "cannot open a sink file: {e}; resetting the connection"
                         );
+                        stream.abort();
                         counters.sink_errors.fetch_add(1, Ordering::Relaxed);
                         counters.aborted.fetch_add(1, Ordering::Relaxed);
                         counters.active.fetch_sub(1, Ordering::Relaxed);
                         continue;
                     }
                 };
-                info!(?peer, "connection accepted");
-                let counters = counters.clone();
-                let abort = abort.clone();
-                let h = std::thread::Builder::new()
-                    .name("netrxd-conn".into())
-                    .spawn(move || {
-                        let r = pump(conn, sink, &counters, &abort);
-                        counters.active.fetch_sub(1, Ordering::Relaxed);
-                        let secs = r.active.as_secs_f64().max(1e-9);
-                        let gbit = r.bytes as f64 * 8.0 / secs / 1e9;
-                        match (&r.outcome, &r.error) {
-                            (Outcome::Partial(p), e) => warn!(
-                                peer = ?r.peer, bytes = r.bytes, file = %p.display(),
-                                "connection cut short ({}); data kept as a .partial file",
-                                e.as_deref().unwrap_or("no end of stream")
-                            ),
-                            (o, Some(e)) => warn!(peer = ?r.peer, bytes = r.bytes, ?o, "connection ended with an error: {e}"),
-                            (Outcome::Complete(p), None) => info!(
-                                peer = ?r.peer, bytes = r.bytes, gbit_s = format!("{gbit:.2}"),
-                                file = %p.display(), "connection complete"
-                            ),
-                            (_, None) => info!(peer = ?r.peer, bytes = r.bytes, gbit_s = format!("{gbit:.2}"), "connection complete"),
-                        }
-                    })
-                    .context("cannot spawn a connection thread")?;
-                conns.push(h);
+                debug!(?peer, "connection accepted");
+                workers.submit(Accepted { stream, sink });
             }
             Ok(None) => {}
             Err(e) => {
@@ -138,7 +119,6 @@ pub fn run(settings: Settings) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        conns.retain(|h| !h.is_finished());
     }
     let sig = signals::signal();
     info!(
@@ -147,26 +127,17 @@ pub fn run(settings: Settings) -> Result<()> {
         "stopping: no new connections; draining open ones for up to {} ms",
         settings.drain_timeout_ms
     );
+    workers.close();
     let deadline = Instant::now() + Duration::from_millis(settings.drain_timeout_ms);
-    while Instant::now() < deadline && conns.iter().any(|h| !h.is_finished()) {
+    while Instant::now() < deadline && !workers.finished() {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Connections still open end now, their data kept as `.partial`.
     abort.store(true, Ordering::Relaxed);
-    // Connections still receiving see the abort flag after their current receive; a receive
-    // blocked waiting for data ends when the listener (its pollers) goes away.
-    let grace = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < grace && conns.iter().any(|h| !h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    workers.join();
     let last = listener.lock().as_ref().and_then(|l| l.copy_counters());
     if let Some(c) = last {
         *last_copy.lock() = c;
-    }
-    if conns.iter().any(|h| !h.is_finished()) {
-        drop(listener.lock().take());
-    }
-    for h in conns {
-        let _ = h.join();
     }
     // Final counters into the log, then drop the listener: XDP detached, device released.
     let final_snap = snap_fn();

@@ -11,3 +11,4 @@ pub mod sender;
 pub mod signals;
 pub mod sink;
 pub mod stats;
+pub mod workers;

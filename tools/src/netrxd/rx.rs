@@ -22,6 +22,9 @@ pub trait RxConn: Send {
         timeout: Duration,
         f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<usize>;
+    /// Closes with RST instead of FIN: the receiver could not keep what it acknowledged (its
+    /// sink failed), so the sender must see an error, never a clean close.
+    fn abort(self: Box<Self>);
 }
 
 /// A listening receiver.
@@ -147,6 +150,22 @@ impl RxConn for KernelConn {
         f(&self.buf[..n])?;
         Ok(n)
     }
+    fn abort(self: Box<Self>) {
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: valid fd, pointer to a linger of the given length. SO_LINGER 0: close sends RST.
+        unsafe {
+            libc::setsockopt(
+                self.s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &l as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+    }
 }
 
 /// What one connection delivered.
@@ -204,7 +223,32 @@ pub fn pump(
             Err(e) => break Err(e.to_string()),
         }
     };
+    let failed = sink_err.is_some();
+    let r = settle(peer, bytes, first, sink, end, sink_err, counters);
+    if failed {
+        conn.abort();
+    }
+    r
+}
+
+/// Ends a connection's sink and counts the outcome. On a clean end of stream the file is
+/// finished (renamed into place); otherwise it is kept as `.partial`. `sink_err`: a write
+/// into the sink failed (the caller resets the connection: the sender must not see a clean
+/// close for data that was acknowledged and then lost).
+pub fn settle(
+    peer: Option<SocketAddr>,
+    bytes: u64,
+    first: Option<Instant>,
+    sink: ConnSink,
+    end: Result<(), String>,
+    sink_err: Option<io::Error>,
+    counters: &DaemonCounters,
+) -> ConnReport {
     let active = first.map(|t| t.elapsed()).unwrap_or_default();
+    let end = match (&sink_err, end) {
+        (Some(e), _) => Err(format!("the sink failed: {e}; the connection is reset")),
+        (None, end) => end,
+    };
     if sink_err.is_some() {
         counters.sink_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -239,5 +283,31 @@ pub fn pump(
         outcome,
         clean_eof: clean,
         error,
+    }
+}
+
+/// The log line of a finished connection.
+pub fn log_report(r: &ConnReport) {
+    use tracing::{error, info, warn};
+    let secs = r.active.as_secs_f64().max(1e-9);
+    let gbit = format!("{:.2}", r.bytes as f64 * 8.0 / secs / 1e9);
+    match (&r.outcome, &r.error) {
+        (Outcome::Partial(p), Some(e)) if e.starts_with("the sink failed") => error!(
+            peer = ?r.peer, bytes = r.bytes, file = %p.display(),
+            "{e}; what was stored is kept as this .partial file"
+        ),
+        (Outcome::Partial(p), e) => warn!(
+            peer = ?r.peer, bytes = r.bytes, file = %p.display(),
+            "connection cut short ({}); data kept as a .partial file",
+            e.as_deref().unwrap_or("no end of stream")
+        ),
+        (o, Some(e)) => {
+            warn!(peer = ?r.peer, bytes = r.bytes, ?o, "connection ended with an error: {e}")
+        }
+        (Outcome::Complete(p), None) => info!(
+            peer = ?r.peer, bytes = r.bytes, gbit_s = gbit,
+            file = %p.display(), "connection complete"
+        ),
+        (_, None) => info!(peer = ?r.peer, bytes = r.bytes, gbit_s = gbit, "connection complete"),
     }
 }

@@ -85,6 +85,12 @@ pub fn daemon_advice(msg: &str) -> String {
 /// Binds the service on `s.iface`/`s.port` with the engine, policy and per-stream options of `s`.
 /// Must run on a thread inside the interface's network namespace.
 pub fn bind(s: &Settings) -> Result<Box<dyn RxListener>> {
+    Ok(Box::new(bind_listener(s)?))
+}
+
+/// [`bind`], keeping the concrete listener (the daemon's worker pool uses its streams and
+/// buffers directly).
+pub fn bind_listener(s: &Settings) -> Result<NetrxListener> {
     let cfg = service_config(s)?;
     let sg = cfg.socket.sg;
     let l = Listener::bind(cfg).map_err(|e| {
@@ -96,15 +102,36 @@ pub fn bind(s: &Settings) -> Result<Box<dyn RxListener>> {
     })?;
     tracing::info!(sg, sg_mode = %s.sg, "frames: scatter-gather {}", if sg { "on" } else { "off" });
     tracing::info!(mode = ?l.xdp_mode(), queues = ?l.queues(), engine = %l.engine(), policy = %l.policy(), "netrx service bound");
-    Ok(Box::new(NetrxListener {
+    Ok(NetrxListener {
         l,
         recv_size: s.recv_size,
-    }))
+    })
 }
 
 pub struct NetrxListener {
     l: Listener,
     recv_size: usize,
+}
+
+impl NetrxListener {
+    /// Waits up to `timeout` for a connection (`None`: none came).
+    pub fn accept_stream(&mut self, timeout: Duration) -> io::Result<Option<Stream>> {
+        match self.l.accept_timeout(timeout) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The listener's registered buffers (DMA-eligible receives).
+    pub fn buffers(&self) -> netrx::service::BufPool {
+        self.l.buffers()
+    }
+
+    /// Size of one receive (`--recv-size`).
+    pub fn recv_size(&self) -> usize {
+        self.recv_size
+    }
 }
 
 impl RxListener for NetrxListener {
@@ -175,5 +202,9 @@ impl RxConn for NetrxConn {
                 Ok(n)
             }
         }
+    }
+
+    fn abort(self: Box<Self>) {
+        self.s.abort();
     }
 }
