@@ -81,30 +81,33 @@ struct Daemon {
 
 impl Daemon {
     fn start(bin: &Path, t: &TwoHost, port: u16, tag: &str) -> Daemon {
+        Daemon::start_with(bin, t, port, tag, &[])
+    }
+
+    fn start_with(bin: &Path, t: &TwoHost, port: u16, tag: &str, extra: &[&str]) -> Daemon {
         let dir = std::env::temp_dir().join(format!("netrx-floods-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("stats.sock");
         let p = port.to_string();
         let sock_s = sock.display().to_string();
+        let mut args = vec![
+            "run",
+            "--iface",
+            &t.receiver_if,
+            "--port",
+            &p,
+            "--sink",
+            "discard",
+            "--log",
+            "warn",
+            "--stats-socket",
+            &sock_s,
+        ];
+        args.extend(extra);
         let mut child = t
             .receiver
-            .spawn(
-                bin.to_str().unwrap(),
-                &[
-                    "run",
-                    "--iface",
-                    &t.receiver_if,
-                    "--port",
-                    &p,
-                    "--sink",
-                    "discard",
-                    "--log",
-                    "warn",
-                    "--stats-socket",
-                    &sock_s,
-                ],
-            )
+            .spawn(bin.to_str().unwrap(), &args)
             .expect("spawn netrxd run");
         let log = std::sync::Arc::new(Mutex::new(String::new()));
         let err = child.child_mut().stderr.take().unwrap();
@@ -528,4 +531,48 @@ fn idle_conns() {
 #[ignore = "full size; run with --ignored (docs/reliability.md)"]
 fn idle_conns_full() {
     idle_body("idle_conns_full", 10_000);
+}
+
+/// Idle peers hold every connection the cap allows (`--max-connections 300`): a new client
+/// still gets in. Its SYN gets a cookie (no state), and its ACK, proving it real, makes room
+/// by resetting the connection idle longest (nothing received for 10 s).
+#[test]
+fn idle_conns_at_cap() {
+    let test = "idle_conns_at_cap";
+    let Some(bin) = guard(test) else { return };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = topo();
+    let port = 5404;
+    let d = Daemon::start_with(&bin, &t, port, "cap", &["--max-connections", "300"]);
+    let mut f = Flood::start(&t, &["idle", "--conns", "300", "--timeout", "45"], port);
+    let ready = f.line("ready", Duration::from_secs(15));
+    assert_eq!(field(&ready, "established"), 300, "{ready}");
+    // A connection is reclaimable after 10 s without receiving anything.
+    std::thread::sleep(Duration::from_secs(11));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        measure(&t, port, 2, "at the cap")
+    }));
+    let overlapped = f.running();
+    let aborted = d.stat("connections_aborted");
+    let summary = f.stop();
+    let (connect, rate) = r.unwrap_or_else(|e| {
+        eprintln!("{test}: netrxd log: {}", d.log.lock().unwrap());
+        std::panic::resume_unwind(e)
+    });
+    eprintln!(
+        "{test}: 300 idle at a cap of 300: client connect {:.1} ms, {:.2} Gbit/s; netrxd \
+         aborted {aborted}; {summary}",
+        connect.as_secs_f64() * 1e3,
+        rate * 8.0 / 1e9
+    );
+    assert!(
+        overlapped,
+        "the idle peers went away before the measurement"
+    );
+    assert!(connect < Duration::from_secs(1), "connect took {connect:?}");
+    assert!(
+        field(&summary, "reset_established") >= 1,
+        "no idle peer was reclaimed: {summary}"
+    );
+    d.stop();
 }

@@ -157,6 +157,10 @@ struct RunArgs {
     /// frames larger than 3840 bytes, i.e. MTU above 3822), on, or off. Default auto.
     #[arg(long, value_name = "auto|on|off")]
     sg: Option<String>,
+    /// Connections per RX queue, embryonic included (default 16384); at the cap the one idle
+    /// longest (10 s or more) is reset to make room for a new one.
+    #[arg(long, value_parser = cli::int_in(1, config::MAX_CONNECTIONS_MAX, ""))]
+    max_connections: Option<u64>,
 }
 
 fn port_arg(s: &str) -> Result<u16, String> {
@@ -210,6 +214,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 stats_socket: a.stats_socket,
                 drain_timeout_ms: a.drain_timeout_ms,
                 sg: a.sg,
+                max_connections: a.max_connections,
             };
             let s = Settings::merge(flags, file)?;
             init_logs(&s.log);

@@ -207,6 +207,7 @@ pub struct FileConfig {
     pub drain_timeout_ms: Option<u64>,
     /// "auto" (default), "on" or "off".
     pub sg: Option<String>,
+    pub max_connections: Option<u64>,
 }
 
 impl FileConfig {
@@ -244,6 +245,7 @@ pub struct FlagConfig {
     pub stats_socket: Option<PathBuf>,
     pub drain_timeout_ms: Option<u64>,
     pub sg: Option<String>,
+    pub max_connections: Option<u64>,
 }
 
 /// The merged, validated settings.
@@ -266,12 +268,17 @@ pub struct Settings {
     pub drain_timeout_ms: u64,
     /// Scatter-gather frames (jumbo MTUs).
     pub sg: SgMode,
+    /// Connections per RX queue (at the cap the longest-idle one is reclaimed).
+    pub max_connections: usize,
 }
 
 /// Valid range of `rcvbuf`, `rcvlowat`, `copybreak` and `recv_size`, bytes.
 pub const SIZE_MAX: usize = 1 << 30;
 /// Smallest `rcvbuf`.
 pub const RCVBUF_MIN: usize = 4 << 10;
+/// Default and largest `max_connections` (per RX queue).
+pub const MAX_CONNECTIONS_DEFAULT: u64 = 16_384;
+pub const MAX_CONNECTIONS_MAX: u64 = 1_000_000;
 /// Longest `drain_timeout_ms`.
 pub const DRAIN_TIMEOUT_MAX_MS: u64 = 600_000;
 
@@ -380,6 +387,14 @@ impl Settings {
         if drain_timeout_ms > DRAIN_TIMEOUT_MAX_MS {
             bail!("--drain-timeout-ms must be 0..={DRAIN_TIMEOUT_MAX_MS}, got {drain_timeout_ms}");
         }
+        let max_connections =
+            pick(flags.max_connections, file.max_connections).unwrap_or(MAX_CONNECTIONS_DEFAULT);
+        if !(1..=MAX_CONNECTIONS_MAX).contains(&max_connections) {
+            bail!(
+                "--max-connections must be 1..={MAX_CONNECTIONS_MAX} (per RX queue), got \
+                 {max_connections}"
+            );
+        }
         Ok(Settings {
             iface,
             port,
@@ -396,6 +411,7 @@ impl Settings {
             stats_socket,
             drain_timeout_ms,
             sg,
+            max_connections: max_connections as usize,
         })
     }
 }
@@ -528,6 +544,20 @@ mod tests {
             ..base()
         });
         assert!(e.contains("auto, on or off"), "{e}");
+        let f = FileConfig::parse("max_connections = 0").unwrap();
+        let e = format!("{:#}", Settings::merge(base(), f).unwrap_err());
+        assert!(
+            e.contains("--max-connections") && e.contains("1..=1000000"),
+            "{e}"
+        );
+        let f = FileConfig::parse("max_connections = 500").unwrap();
+        assert_eq!(Settings::merge(base(), f).unwrap().max_connections, 500);
+        assert_eq!(
+            Settings::merge(base(), FileConfig::default())
+                .unwrap()
+                .max_connections,
+            16_384
+        );
     }
 
     #[test]

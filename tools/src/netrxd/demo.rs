@@ -432,6 +432,7 @@ pub fn run_case(
                         stats_socket: Default::default(),
                         drain_timeout_ms: 0,
                         sg: super::config::SgMode::Auto,
+                        max_connections: super::config::MAX_CONNECTIONS_DEFAULT as usize,
                     };
                     super::rx_netrx::bind(&s)
                 }
