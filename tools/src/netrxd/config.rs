@@ -362,7 +362,7 @@ impl Settings {
         let rcvlowat = size(flags.rcvlowat, file.rcvlowat, "rcvlowat")?;
         let recv_size =
             size(flags.recv_size, file.recv_size, "recv-size")?.unwrap_or(DEFAULT_RECV_SIZE);
-        check_range("recv-size", recv_size, 1)?;
+        check_recv_size(recv_size)?;
         if let Some(b) = rcvbuf {
             check_range("rcvbuf", b, RCVBUF_MIN)?;
         }
@@ -377,6 +377,7 @@ impl Settings {
             None => SinkSpec::Discard,
         };
         let log = pick(flags.log, file.log).unwrap_or_else(|| "info".into());
+        check_log(&log)?;
         let metrics = match pick(flags.metrics, file.metrics) {
             Some(m) => Some(parse_metrics_addr(&m)?),
             None => None,
@@ -414,6 +415,54 @@ impl Settings {
             max_connections: max_connections as usize,
         })
     }
+}
+
+/// Log levels `--log` accepts.
+pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `--log`: a level, or comma-separated `LEVEL` / `TARGET=LEVEL` items (`info,netrx=debug`).
+/// Anything else is refused: a bare word would be taken as a target name and silence every
+/// other log line.
+pub fn check_log(v: &str) -> Result<()> {
+    let ok = !v.is_empty()
+        && v.split(',').all(|item| {
+            let level = match item.split_once('=') {
+                Some((target, level)) => {
+                    if target.is_empty() {
+                        return false;
+                    }
+                    level
+                }
+                None => item,
+            };
+            LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+        });
+    if !ok {
+        bail!(
+            "--log {v:?} is not a log level; use one of {} (or items like info,netrx=debug)",
+            LOG_LEVELS.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Largest `--recv-size`: the registered pool holds at least 4 buffers and at most
+/// [`POOL_BYTES`], so one buffer is at most a quarter of it.
+pub const RECV_SIZE_MAX: usize = 64 << 20;
+/// Memory of the registered buffer pool (mapped and locked at start).
+pub const POOL_BYTES: usize = 256 << 20;
+
+/// `--recv-size` in 1..=64M: what a receive asks for is also the size of each registered
+/// buffer, and the pool's memory must stay within its documented 256 MiB.
+pub fn check_recv_size(v: usize) -> Result<()> {
+    if !(1..=RECV_SIZE_MAX).contains(&v) {
+        bail!(
+            "--recv-size {v} is out of range; use 1..={RECV_SIZE_MAX} bytes (1..=64M): each \
+             receive's registered buffer is this size and the pool of at least 4 of them is \
+             bounded to 256 MiB"
+        );
+    }
+    Ok(())
 }
 
 /// `--KEY` in `min..=SIZE_MAX` bytes, or an error giving the range.
@@ -544,6 +593,35 @@ mod tests {
             ..base()
         });
         assert!(e.contains("auto, on or off"), "{e}");
+        // Regression: `--log bogus` was accepted and silenced every log line.
+        let e = err(FlagConfig {
+            log: Some("bogus".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("--log") && e.contains("error, warn, info"),
+            "{e}"
+        );
+        for good in ["debug", "WARN", "info,netrx=debug", "netrxd=trace"] {
+            let f = FlagConfig {
+                log: Some(good.into()),
+                ..base()
+            };
+            assert!(Settings::merge(f, FileConfig::default()).is_ok(), "{good}");
+        }
+        // Regression: `--recv-size 1G` cost 3.35 GB at start-up against a documented 256 MiB.
+        let e = err(FlagConfig {
+            recv_size: Some("1G".into()),
+            ..base()
+        });
+        assert!(e.contains("--recv-size") && e.contains("1..=64M"), "{e}");
+        let f = FlagConfig {
+            recv_size: Some("64M".into()),
+            ..base()
+        };
+        let s = Settings::merge(f, FileConfig::default()).unwrap();
+        let pool = crate::netrxd::rx_netrx::service_config(&s).unwrap();
+        assert!(pool.pool_buffers * pool.pool_buffer_size <= POOL_BYTES);
         let f = FileConfig::parse("max_connections = 0").unwrap();
         let e = format!("{:#}", Settings::merge(base(), f).unwrap_err());
         assert!(

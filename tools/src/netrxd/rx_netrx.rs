@@ -63,8 +63,9 @@ pub fn service_config(s: &Settings) -> Result<ServiceConfig> {
             .map(|i| sg_needed(i.mtu, &cfg.socket))
             .unwrap_or(false),
     };
-    // Keep the pool's memory bounded (pool_buffers x recv_size bytes, mapped once).
-    cfg.pool_buffers = ((256usize << 20) / s.recv_size.max(1)).clamp(4, 64);
+    // Keep the pool's memory bounded (pool_buffers x recv_size bytes, mapped once): at most
+    // 256 MiB, since recv_size is at most 64 MiB (checked when the settings are merged).
+    cfg.pool_buffers = (super::config::POOL_BYTES / s.recv_size.max(1)).clamp(4, 64);
     Ok(cfg)
 }
 

@@ -137,13 +137,28 @@ impl ConnSink {
         }
     }
 
-    /// Connection cut short: flush and fsync what arrived, keep it as `.partial`.
+    /// Connection cut short: flush and fsync what arrived, keep it as `.partial`, and fsync
+    /// the directory too (the `.partial`'s name must survive a crash as its data does). When
+    /// the flush fails (a full disk), what reached the file is still synced and kept.
     pub fn abort(self) -> io::Result<Outcome> {
         match self {
             ConnSink::Discard => Ok(Outcome::Discarded),
             ConnSink::File(f) => {
-                let file = f.w.into_inner().map_err(|e| e.into_error())?;
+                let (file, flushed) = match f.w.into_inner() {
+                    Ok(file) => (file, Ok(())),
+                    Err(e) => {
+                        let (err, w) = e.into_parts();
+                        (w.into_parts().0, Err(err))
+                    }
+                };
                 file.sync_all()?;
+                drop(file);
+                sync_dir(&f.partial)?;
+                if let Err(e) = flushed {
+                    // Data after the failure point is lost; the file keeps what reached it
+                    // (the caller reports the sink failure that led here).
+                    tracing::warn!(file = %f.partial.display(), "flushing the .partial failed: {e}");
+                }
                 Ok(Outcome::Partial(f.partial))
             }
         }

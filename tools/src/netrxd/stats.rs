@@ -350,7 +350,24 @@ pub fn serve_unix(path: &Path, snap: SnapshotFn) -> Result<Server> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {} for the stats socket", dir.display()))?;
     }
-    if path.exists() {
+    // Only a stale socket (one nobody answers on) may be replaced: never a file, a directory
+    // or a live socket.
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            let what = if m.is_dir() {
+                "a directory"
+            } else if m.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "a file that is not a socket"
+            };
+            return Err(anyhow!(
+                "--stats-socket {} is {what}; netrxd replaces only a stale socket there. Pass \
+                 another path (e.g. /run/netrxd/IFACE-PORT.sock) or move it away",
+                path.display()
+            ));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(anyhow!(
                 "stats socket {} is in use: another netrxd serves this interface and port \
@@ -358,7 +375,8 @@ pub fn serve_unix(path: &Path, snap: SnapshotFn) -> Result<Server> {
                 path.display()
             ));
         }
-        let _ = std::fs::remove_file(path);
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale stats socket {}", path.display()))?;
     }
     let l = UnixListener::bind(path)
         .with_context(|| format!("cannot bind the stats socket {}", path.display()))?;
@@ -507,6 +525,42 @@ mod tests {
         assert!(serve_unix(&path, Arc::new(sample)).is_err());
         drop(srv);
         assert!(!path.exists());
+    }
+
+    /// Regression: an existing regular file at the path was deleted, and a directory there
+    /// gave a misleading "Address already in use". Only a stale socket is replaced.
+    #[test]
+    fn stats_socket_replaces_only_a_stale_socket() {
+        let base = std::env::temp_dir().join(format!("netrxd-stats-safety-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let file = base.join("precious.txt");
+        std::fs::write(&file, b"keep me").unwrap();
+        let e = format!(
+            "{:#}",
+            serve_unix(&file, Arc::new(sample)).err().expect("refused")
+        );
+        assert!(
+            e.contains("not a socket") && e.contains("precious.txt"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+        let dir = base.join("adir");
+        std::fs::create_dir(&dir).unwrap();
+        let e = format!(
+            "{:#}",
+            serve_unix(&dir, Arc::new(sample)).err().expect("refused")
+        );
+        assert!(e.contains("a directory"), "{e}");
+        assert!(dir.is_dir());
+        // A stale socket (its server gone, the file left behind) is replaced.
+        let stale = base.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(stale.exists());
+        let srv = serve_unix(&stale, Arc::new(sample)).unwrap();
+        assert_eq!(query_unix(&stale).unwrap(), sample());
+        drop(srv);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

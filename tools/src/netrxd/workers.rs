@@ -231,8 +231,10 @@ impl Worker {
                     Err(e) => Step::End(Err(e.to_string())),
                 },
                 None => {
-                    if self.plain.len() != self.recv_size {
-                        self.plain = vec![0u8; self.recv_size];
+                    // Nonblocking drains loop, so a moderate buffer serves any recv_size.
+                    let want = self.recv_size.min(2 << 20);
+                    if self.plain.len() != want {
+                        self.plain = vec![0u8; want];
                     }
                     Self::drain(c, &mut self.plain, &self.q, t, &self.counters)
                 }
