@@ -89,13 +89,14 @@ fn start_daemon(t: &TwoHost, port: u16, dir: &Path, extra: &[&str]) -> (NsChild,
         &p,
         "--engine",
         "model",
-        "--policy",
-        "adaptive",
         "--sink",
         &sink,
         "--log",
         "info",
     ];
+    if !extra.contains(&"--policy") {
+        args.extend(["--policy", "adaptive"]);
+    }
     let sock_s = sock.display().to_string();
     args.extend(["--stats-socket", &sock_s]);
     args.extend(extra);
@@ -588,4 +589,78 @@ fn netrxd_full_sink_resets_the_sender() {
         "full sink: sender error {e}; .partial {kept} bytes; stats sink_errors {}",
         v["sink_errors"]
     );
+}
+
+/// Rehearsing DMA faults from the command line (`--fault`, model engine): channel errors
+/// re-armed every 20 descriptors on slow descriptors, then a hung channel. Every stream arrives
+/// intact (the copies that failed are redone by the CPU) and the counters show the faults.
+#[test]
+fn netrxd_fault_injection_rehearsal() {
+    if !guard("netrxd_fault_injection_rehearsal", &[]) {
+        return;
+    }
+    let t = topo();
+    for (k, (spec, counter)) in [
+        ("error-every=20,slow-us=2", "dma_errors"),
+        ("hang-after=200", "dma_timeouts"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = tmpdir(&format!("fault{k}"));
+        let port = 5310 + k as u16;
+        let (child, sock) = start_daemon(
+            &t,
+            port,
+            &dir,
+            &[
+                "--policy",
+                "netdma",
+                "--copybreak",
+                "0",
+                "--rcvlowat",
+                "200K",
+                "--fault",
+                spec,
+            ],
+        );
+        let len = 8u64 << 20;
+        let sha = t
+            .sender
+            .run(move || send_stream(port, len, 31 + k as u64))
+            .unwrap_or_else(|e| panic!("{spec}: sender: {e}"));
+        let t0 = Instant::now();
+        let v = loop {
+            let v = stats_json(&sock);
+            if v["files_complete"].as_u64() == Some(1) {
+                break v;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{spec}: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        sigterm(&child);
+        let out = child.wait_timeout(Duration::from_secs(20)).unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{spec}: exit {}: {log}", out.status);
+        assert!(log.contains("injecting faults"), "{log}");
+        let c = &v["copy"];
+        let faults = c[counter].as_u64().unwrap();
+        let min = if counter == "dma_errors" { 2 } else { 1 };
+        assert!(faults >= min, "{spec}: {counter} {faults}: {v}");
+        assert!(c["cpu_redos"].as_u64().unwrap() >= 1, "{spec}: {v}");
+        assert!(c["bytes_dma"].as_u64().unwrap() > 0, "{spec}: {v}");
+        let (complete, partial) = files(&dir.join("out"));
+        assert!(partial.is_empty(), "{partial:?}");
+        assert_eq!(complete.len(), 1);
+        assert_eq!(
+            sha_file(&complete[0]),
+            sha,
+            "{spec}: the file matches the sent stream"
+        );
+        eprintln!(
+            "fault {spec}: {counter} {faults}, cpu_redos {}, bytes_dma {}, bytes_redo {}",
+            c["cpu_redos"], c["bytes_dma"], c["bytes_redo"]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

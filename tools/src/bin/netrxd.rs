@@ -161,6 +161,10 @@ struct RunArgs {
     /// longest (10 s or more) is reset to make room for a new one.
     #[arg(long, value_parser = cli::int_in(1, config::MAX_CONNECTIONS_MAX, ""))]
     max_connections: Option<u64>,
+    /// Inject faults into the model engine (with --engine model), for rehearsals:
+    /// error-every=N, hang-after=N, slow-us=U, comma-separated.
+    #[arg(long, value_name = "SPEC")]
+    fault: Option<String>,
 }
 
 fn port_arg(s: &str) -> Result<u16, String> {
@@ -215,6 +219,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 drain_timeout_ms: a.drain_timeout_ms,
                 sg: a.sg,
                 max_connections: a.max_connections,
+                fault: a.fault,
             };
             let s = Settings::merge(flags, file)?;
             init_logs(&s.log);

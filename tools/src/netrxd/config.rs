@@ -208,6 +208,8 @@ pub struct FileConfig {
     /// "auto" (default), "on" or "off".
     pub sg: Option<String>,
     pub max_connections: Option<u64>,
+    /// Model-engine fault injection (`docs/netrxd.md`, "Rehearsing DMA faults").
+    pub fault: Option<String>,
 }
 
 impl FileConfig {
@@ -246,6 +248,7 @@ pub struct FlagConfig {
     pub drain_timeout_ms: Option<u64>,
     pub sg: Option<String>,
     pub max_connections: Option<u64>,
+    pub fault: Option<String>,
 }
 
 /// The merged, validated settings.
@@ -270,6 +273,8 @@ pub struct Settings {
     pub sg: SgMode,
     /// Connections per RX queue (at the cap the longest-idle one is reclaimed).
     pub max_connections: usize,
+    /// Faults injected into the model engine (rehearsals).
+    pub fault: Option<super::faults::FaultPlan>,
 }
 
 /// Valid range of `rcvbuf`, `rcvlowat`, `copybreak` and `recv_size`, bytes.
@@ -396,6 +401,16 @@ impl Settings {
                  {max_connections}"
             );
         }
+        let fault: Option<super::faults::FaultPlan> = match pick(flags.fault, file.fault) {
+            Some(f) => Some(f.parse()?),
+            None => None,
+        };
+        if fault.is_some() && !matches!(engine, EngineSpec::Model { .. }) {
+            bail!(
+                "--fault injects into the simulated engine only: pass --engine model (a real \
+                 device's faults cannot be injected)"
+            );
+        }
         Ok(Settings {
             iface,
             port,
@@ -413,6 +428,7 @@ impl Settings {
             drain_timeout_ms,
             sg,
             max_connections: max_connections as usize,
+            fault,
         })
     }
 }

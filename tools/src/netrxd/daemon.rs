@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use parking_lot::Mutex;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::config::Settings;
 use super::rx::RxListener;
@@ -38,6 +38,17 @@ pub fn run(settings: Settings) -> Result<()> {
         "netrxd listening"
     );
     // `None` once shut down (dropping the listener detaches XDP and ends blocked receives).
+    let _faults = match (settings.fault, listener.model()) {
+        (Some(plan), Some(model)) => {
+            warn!(fault = %plan, "injecting faults into the model engine (rehearsal)");
+            Some(super::faults::Injector::start(
+                plan,
+                model,
+                settings.queues,
+            )?)
+        }
+        _ => None,
+    };
     let pool = listener.buffers();
     let recv_size = listener.recv_size();
     let listener: Arc<Mutex<Option<NetrxListener>>> = Arc::new(Mutex::new(Some(listener)));

@@ -433,6 +433,7 @@ pub fn run_case(
                         drain_timeout_ms: 0,
                         sg: super::config::SgMode::Auto,
                         max_connections: super::config::MAX_CONNECTIONS_DEFAULT as usize,
+                        fault: None,
                     };
                     super::rx_netrx::bind(&s)
                 }

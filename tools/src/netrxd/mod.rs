@@ -5,6 +5,7 @@ pub mod config;
 pub mod cputime;
 pub mod daemon;
 pub mod demo;
+pub mod faults;
 pub mod rx;
 pub mod rx_netrx;
 pub mod sender;

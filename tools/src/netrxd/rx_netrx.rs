@@ -130,6 +130,11 @@ impl NetrxListener {
         self.l.buffers()
     }
 
+    /// The simulated device, with `--engine model`.
+    pub fn model(&self) -> Option<std::sync::Arc<netrx::service::ModelDevice>> {
+        self.l.model_device().cloned()
+    }
+
     /// Size of one receive (`--recv-size`).
     pub fn recv_size(&self) -> usize {
         self.recv_size
