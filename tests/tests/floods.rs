@@ -401,6 +401,10 @@ fn syn_flood_body(test: &str, count: u64, rate: u64) {
     assert!(synacks >= count / 2, "few SYNs answered: {summary}");
     assert_eq!(rst1 - rst0, 0, "the sender's kernel sent RSTs");
     assert!(addr1 - addr0 > 0, "the sender's kernel saw no answers");
+    // The operator sees what held the flood (netrxd stats).
+    let cookies = d.stat("syn_cookies_sent");
+    assert!(cookies > 0, "netrxd stats show no SYN cookies");
+    eprintln!("{test}: netrxd stats: {cookies} SYN cookies sent");
     d.stop();
 }
 
@@ -467,6 +471,19 @@ fn ooo_flood() {
     assert!(overlapped, "the flood process ended before the measurement");
     assert!(connect < Duration::from_secs(1), "connect took {connect:?}");
     assert!(ratio >= 0.5, "loaded/unloaded rate {ratio:.2} < 0.5");
+    // The operator sees the memory pressure (netrxd stats).
+    let (prunes, refused, peak) = (
+        d.stat("prune_runs"),
+        d.stat("pressure_drops"),
+        d.stat("frames_held_peak"),
+    );
+    eprintln!(
+        "{test}: netrxd stats: {prunes} prune runs, {refused} pressure drops, frames held peak {peak}"
+    );
+    assert!(
+        prunes + refused > 0,
+        "netrxd stats show no memory pressure under the flood"
+    );
     d.stop();
 }
 
@@ -573,6 +590,10 @@ fn idle_conns_at_cap() {
     assert!(
         field(&summary, "reset_established") >= 1,
         "no idle peer was reclaimed: {summary}"
+    );
+    assert!(
+        d.stat("conns_reclaimed") >= 1,
+        "netrxd stats show no reclaimed connection"
     );
     d.stop();
 }

@@ -13,7 +13,7 @@ use super::config::Settings;
 use super::rx::RxListener;
 use super::rx_netrx::NetrxListener;
 use super::sink::SinkFactory;
-use super::stats::{self, CopyCounters, DaemonCounters, Snapshot};
+use super::stats::{self, CopyCounters, DaemonCounters, Snapshot, TcpCounters};
 use super::workers::{Accepted, Workers, WORKERS};
 use super::{rx_netrx, signals};
 
@@ -56,7 +56,10 @@ pub fn run(settings: Settings) -> Result<()> {
     let started = Instant::now();
     // The listener's copy counters are read under its lock by the stats threads; the accept loop
     // holds the lock only for short accept waits.
-    let last_copy = Arc::new(Mutex::new(CopyCounters::default()));
+    let last_copy = Arc::new(Mutex::new((
+        CopyCounters::default(),
+        TcpCounters::default(),
+    )));
     let snap_fn: stats::SnapshotFn = {
         let s = settings.clone();
         let counters = counters.clone();
@@ -76,11 +79,13 @@ pub fn run(settings: Settings) -> Result<()> {
             };
             snap.fill_counters(&counters);
             if let Some(l) = listener.try_lock_for(Duration::from_millis(300)) {
-                if let Some(c) = l.as_ref().and_then(|l| l.copy_counters()) {
-                    *last_copy.lock() = c;
+                if let Some(l) = l.as_ref() {
+                    if let Some(c) = l.copy_counters() {
+                        *last_copy.lock() = (c, l.tcp_counters());
+                    }
                 }
             }
-            snap.copy = last_copy.lock().clone();
+            (snap.copy, snap.tcp) = last_copy.lock().clone();
             snap
         })
     };
@@ -146,7 +151,10 @@ pub fn run(settings: Settings) -> Result<()> {
     // Connections still open end now, their data kept as `.partial`.
     abort.store(true, Ordering::Relaxed);
     workers.join();
-    let last = listener.lock().as_ref().and_then(|l| l.copy_counters());
+    let last = listener
+        .lock()
+        .as_ref()
+        .and_then(|l| Some((l.copy_counters()?, l.tcp_counters())));
     if let Some(c) = last {
         *last_copy.lock() = c;
     }

@@ -130,6 +130,15 @@ impl NetrxListener {
         self.l.buffers()
     }
 
+    /// TCP admission and memory counters, summed over the queues.
+    pub fn tcp_counters(&self) -> super::stats::TcpCounters {
+        let mut t = super::stats::TcpCounters::default();
+        for q in &self.l.stats().queues {
+            t.add(&q.endpoint);
+        }
+        t
+    }
+
     /// The simulated device, with `--engine model`.
     pub fn model(&self) -> Option<std::sync::Arc<netrx::service::ModelDevice>> {
         self.l.model_device().cloned()

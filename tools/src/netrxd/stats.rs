@@ -91,6 +91,47 @@ pub struct DaemonCounters {
     pub sink_errors: AtomicU64,
 }
 
+/// TCP admission and receive-memory counters of the endpoints, summed over the queues: what a
+/// flood or memory pressure did (`docs/reliability.md`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TcpCounters {
+    pub syns: u64,
+    pub syn_backlog_drops: u64,
+    pub syn_cookies_sent: u64,
+    pub syn_cookies_ok: u64,
+    pub syn_cookies_failed: u64,
+    pub conn_limit_drops: u64,
+    pub conns_reclaimed: u64,
+    pub pressure_drops: u64,
+    pub prune_runs: u64,
+    pub ooo_pruned_frames: u64,
+    pub frames_held: u64,
+    pub frames_held_peak: u64,
+    pub bad_checksums: u64,
+    pub parse_errors: u64,
+}
+
+impl TcpCounters {
+    /// Adds one queue's endpoint counters.
+    pub fn add(&mut self, e: &netrx::tcp::EndpointStats) {
+        self.syns += e.syns;
+        self.syn_backlog_drops += e.syn_backlog_drops;
+        self.syn_cookies_sent += e.syn_cookies_sent;
+        self.syn_cookies_ok += e.syn_cookies_ok;
+        self.syn_cookies_failed += e.syn_cookies_failed;
+        self.conn_limit_drops += e.conn_limit_drops;
+        self.conns_reclaimed += e.conns_reclaimed;
+        self.pressure_drops += e.pressure_drops;
+        self.prune_runs += e.prune_runs;
+        self.ooo_pruned_frames += e.ooo_pruned_frames;
+        self.frames_held += e.frames_held;
+        self.frames_held_peak += e.frames_held_peak;
+        self.bad_checksums += e.bad_checksums;
+        self.parse_errors += e.parse_errors;
+    }
+}
+
 /// One snapshot, as served on the stats socket (JSON) and rendered by `netrxd stats`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
@@ -111,6 +152,8 @@ pub struct Snapshot {
     pub files_partial: u64,
     pub sink_errors: u64,
     pub copy: CopyCounters,
+    #[serde(default)]
+    pub tcp: TcpCounters,
 }
 
 impl Snapshot {
@@ -184,6 +227,37 @@ impl Snapshot {
             (
                 "receives / copy time",
                 format!("{} / {:.3} s", c.recvs, c.copy_ns as f64 / 1e9),
+            ),
+            (
+                "tcp admission",
+                format!(
+                    "{} SYNs, {} SYN cookies sent ({} ok, {} failed), {} backlog drops, {} cap drops, {} idle reclaimed",
+                    self.tcp.syns,
+                    self.tcp.syn_cookies_sent,
+                    self.tcp.syn_cookies_ok,
+                    self.tcp.syn_cookies_failed,
+                    self.tcp.syn_backlog_drops,
+                    self.tcp.conn_limit_drops,
+                    self.tcp.conns_reclaimed
+                ),
+            ),
+            (
+                "receive memory",
+                format!(
+                    "{} frames held (peak {}), {} pressure drops, {} prune runs ({} frames pruned)",
+                    self.tcp.frames_held,
+                    self.tcp.frames_held_peak,
+                    self.tcp.pressure_drops,
+                    self.tcp.prune_runs,
+                    self.tcp.ooo_pruned_frames
+                ),
+            ),
+            (
+                "bad frames",
+                format!(
+                    "{} bad checksums, {} unparsable",
+                    self.tcp.bad_checksums, self.tcp.parse_errors
+                ),
             ),
         ];
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -287,6 +361,32 @@ impl Snapshot {
                 ("kind=\"cpu_redo\"", c.cpu_redos as f64),
                 ("kind=\"busy_fallback\"", c.busy_fallbacks as f64),
             ],
+        );
+        let t = &self.tcp;
+        metric(
+            "tcp_events_total",
+            "counter",
+            "TCP admission and receive-memory events (floods, pressure, bad frames).",
+            &[
+                ("event=\"syn\"", t.syns as f64),
+                ("event=\"syn_cookie_sent\"", t.syn_cookies_sent as f64),
+                ("event=\"syn_cookie_ok\"", t.syn_cookies_ok as f64),
+                ("event=\"syn_cookie_failed\"", t.syn_cookies_failed as f64),
+                ("event=\"syn_backlog_drop\"", t.syn_backlog_drops as f64),
+                ("event=\"conn_limit_drop\"", t.conn_limit_drops as f64),
+                ("event=\"conn_reclaimed\"", t.conns_reclaimed as f64),
+                ("event=\"pressure_drop\"", t.pressure_drops as f64),
+                ("event=\"prune_run\"", t.prune_runs as f64),
+                ("event=\"ooo_frame_pruned\"", t.ooo_pruned_frames as f64),
+                ("event=\"bad_checksum\"", t.bad_checksums as f64),
+                ("event=\"parse_error\"", t.parse_errors as f64),
+            ],
+        );
+        metric(
+            "frames_held",
+            "gauge",
+            "UMEM frames held by the TCP endpoints (queued, out of order, being copied).",
+            &[("", t.frames_held as f64)],
         );
         metric(
             "wakeups_total",
@@ -513,6 +613,15 @@ mod tests {
         let p = s.prometheus();
         assert!(p.contains("netrxd_copy_bytes_total{iface=\"eth1\",port=\"5001\",policy=\"adaptive\",engine=\"model:skx\",path=\"dma\"} 400"), "{p}");
         assert!(p.contains("# TYPE netrxd_dma_ops_total counter"));
+        // Floods and memory pressure are visible (they were not: issue 17).
+        let mut s = sample();
+        s.tcp.syn_cookies_sent = 7;
+        s.tcp.prune_runs = 3;
+        assert!(s.table().contains("7 SYN cookies sent"), "{}", s.table());
+        assert!(s.table().contains("3 prune runs"), "{}", s.table());
+        let p = s.prometheus();
+        assert!(p.contains("event=\"syn_cookie_sent\"} 7"), "{p}");
+        assert!(p.contains("# TYPE netrxd_frames_held gauge"), "{p}");
     }
 
     #[test]
