@@ -118,3 +118,18 @@ pub fn spawn_iperf2_client(ns: &Netns, port: u16, mib: u64) -> io::Result<NsChil
         ],
     )
 }
+
+/// SHA-256 of a file's contents (what a receiver stored, to compare with what was sent).
+pub fn sha256_file(p: &std::path::Path) -> io::Result<[u8; 32]> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}

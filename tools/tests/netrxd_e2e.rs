@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use netrx_tests::netns::{self, LinkOpts, NsChild, TwoHost, RECEIVER_ADDR};
 use netrx_tests::stream::{send_generated, SendOpts};
-use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netrxd");
 
@@ -54,17 +53,7 @@ fn send_stream(port: u16, len: u64, seed: u64) -> std::io::Result<[u8; 32]> {
 }
 
 fn sha_file(p: &Path) -> [u8; 32] {
-    let mut f = std::fs::File::open(p).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    h.finalize().into()
+    netrx_tests::stream::sha256_file(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn topo() -> TwoHost {

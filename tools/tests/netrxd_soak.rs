@@ -13,7 +13,6 @@
 //! daemon's RSS (sampled every second) must stay flat: its maximum after the first GiB at most
 //! 32 MiB above the maximum of the first GiB. The figures go to stdout (docs/reliability.md).
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ use std::time::{Duration, Instant};
 use netrx_tests::netns::{self, LinkOpts, ThreeHost, RECEIVER_ADDR};
 use netrx_tests::relay::{Impairment, Relay, RelaySettings};
 use netrx_tests::stream::{send_seeded, SendOpts};
-use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netrxd");
 
@@ -33,17 +31,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn sha_file(p: &Path) -> [u8; 32] {
-    let mut f = std::fs::File::open(p).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    h.finalize().into()
+    netrx_tests::stream::sha256_file(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

@@ -165,16 +165,7 @@ enum Cmd {
     },
     /// The built-in sender (started by `e2e` inside its sender namespace).
     #[command(name = "__send-tcp", hide = true)]
-    SendTcp {
-        #[arg(long)]
-        to: std::net::SocketAddr,
-        #[arg(long)]
-        sndbuf: usize,
-        #[arg(long)]
-        len: usize,
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
-        seconds: u64,
-    },
+    SendTcp(netrxd::sender::SendParams),
 }
 
 fn gbytes_to_bps(g: f64) -> Result<u64> {
@@ -292,19 +283,8 @@ fn main() -> Result<()> {
                 print!("{}", bench::e2e::render(&r));
             }
         }
-        Cmd::SendTcp {
-            to,
-            sndbuf,
-            len,
-            seconds,
-        } => {
-            let r = netrxd::sender::send(&netrxd::sender::SendParams {
-                to,
-                sndbuf,
-                len,
-                seconds,
-            })?;
-            println!("{}", r.line());
+        Cmd::SendTcp(p) => {
+            println!("{}", netrxd::sender::send(&p)?.line());
         }
     }
     Ok(())

@@ -92,16 +92,7 @@ enum Cmd {
     },
     /// The demo's built-in sender (started by `netrxd demo` inside its sender namespace).
     #[command(name = "__send-tcp", hide = true)]
-    SendTcp {
-        #[arg(long)]
-        to: std::net::SocketAddr,
-        #[arg(long)]
-        sndbuf: usize,
-        #[arg(long)]
-        len: usize,
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
-        seconds: u64,
-    },
+    SendTcp(netrxd::sender::SendParams),
 }
 
 #[derive(clap::Args, Debug)]
@@ -246,19 +237,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::SendTcp {
-            to,
-            sndbuf,
-            len,
-            seconds,
-        } => {
-            let r = netrxd::sender::send(&netrxd::sender::SendParams {
-                to,
-                sndbuf,
-                len,
-                seconds,
-            })?;
-            println!("{}", r.line());
+        Cmd::SendTcp(p) => {
+            println!("{}", netrxd::sender::send(&p)?.line());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo {

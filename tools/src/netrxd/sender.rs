@@ -84,15 +84,20 @@ pub fn choose(choice: SenderChoice) -> Result<Sender> {
     }
 }
 
-/// Parameters of the built-in sender (the seed's `iperf -c ADDR -w 250K -l 2M -t N`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Parameters of the built-in sender (the seed's `iperf -c ADDR -w 250K -l 2M -t N`); also the
+/// arguments of the hidden `__send-tcp` subcommand of `netrxd` and `netrx-bench`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct SendParams {
+    #[arg(long)]
     pub to: SocketAddr,
     /// SO_SNDBUF, as iperf's `-w` (250 KB = 256000 bytes).
+    #[arg(long)]
     pub sndbuf: usize,
     /// Bytes per write, as iperf's `-l` (2 MB).
+    #[arg(long)]
     pub len: usize,
     /// Seconds of sending, as iperf's `-t`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub seconds: u64,
 }
 
