@@ -62,7 +62,9 @@ pub struct Setup {
     pub truesize: u8,
     pub syn_backlog: u8,
     /// Bits turn off: 0 SACK, 1 timestamps, 2 window scaling, 3 batch ACKs, 4 fast path,
-    /// 5 SYN cookies, 6 D-SACK, 7 SACK compression; bit 8 sets MTU 1280.
+    /// 5 SYN cookies, 6 D-SACK, 7 SACK compression; bit 8 sets MTU 1280; bit 9 gives the
+    /// endpoint a small frame pool (pool-wide memory pressure: pruning, the reserve); bit 10
+    /// caps connections at 4 with idle reclaim after 1 s.
     pub switches: u16,
 }
 
@@ -308,7 +310,21 @@ fn cfg_of(s: &Setup) -> Config {
         frame_truesize: 2048 << (s.truesize % 3),
         syn_backlog: usize::from(s.syn_backlog % 8) + 1,
         accept_backlog: 8,
-        max_connections: MAX_CONNECTIONS,
+        max_connections: if s.switches & (1 << 10) != 0 {
+            4
+        } else {
+            MAX_CONNECTIONS
+        },
+        reclaim_idle_after: if s.switches & (1 << 10) != 0 {
+            Duration::from_secs(1)
+        } else {
+            Config::default().reclaim_idle_after
+        },
+        frame_pool: if s.switches & (1 << 9) != 0 {
+            16 + u32::from(s.rcvbuf_kib % 240)
+        } else {
+            0
+        },
         // Frames from the wire are verified (the oracle checks corrupted ones are dropped).
         checksum: ChecksumMode::Verify,
         sack: sw(0),
