@@ -28,7 +28,20 @@ fn embryonic_within_backlog() {
     );
 }
 
-/// The cookie path of the fix above: valid cookie ACKs that arrive together must not take the
+/// A second FIN after the stream's FIN was consumed (seq = rcv_nxt, the peer's FIN + 1) was
+/// consumed again: rcv_nxt moved past a sequence number the peer never validly sent and the
+/// ACK covered it (found by `endpoint_ops`). Now ignored and answered with the same ACK.
+#[test]
+fn fin_after_fin_is_not_acknowledged() {
+    replay(
+        "00000000000000007300000000000004000000000000000000f41e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e\
+         fafa311ecd4cffffffffce0c1e1e291e1e1e00000095010000001ef41e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e\
+         1e1efafa311ecd4cffffffffce0c1e1e291e1e1e1e1e1e1e1e1e1e1e1e311e1e1e1e1e1b1e1e638b8b2fa052\
+         77",
+    );
+}
+
+/// The cookie path of the `embryonic_within_backlog` fix: valid cookie ACKs that arrive together must not take the
 /// endpoint past `max_connections` (only SYNs were checked against it).
 #[test]
 fn cookie_acks_respect_connection_limit() {

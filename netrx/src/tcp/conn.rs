@@ -885,7 +885,12 @@ impl Conn {
             self.stats.dup_acks_sent += 1;
         }
 
-        if fin {
+        if fin && self.eof {
+            // A FIN at or beyond the end of a stream whose FIN was consumed: nothing valid can
+            // follow a FIN, so it is not consumed again (rcv_nxt would move over a sequence
+            // number the peer never validly sent; Linux ignores such segments in CLOSE-WAIT).
+            immediate_ack = true;
+        } else if fin {
             let fin_off =
                 self.rcv_off + seg_seq.wrapping_add(len).wrapping_sub(self.rcv_nxt) as u64;
             if fin_off == self.rcv_off && self.ooo_fin.is_none() {

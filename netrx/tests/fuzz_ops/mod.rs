@@ -31,6 +31,12 @@ use netrx::wire::tcp::{OptionsOut, TcpFlags};
 use netrx::wire::{self, build_segment, ChecksumMode, IpPair, ReplyAddrs, SegmentSpec};
 
 pub const MAX_PEERS: usize = 16;
+
+/// `NETRX_FUZZ_TRACE=1`: print every frame sent and every ACK received (replaying a finding).
+fn trace() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("NETRX_FUZZ_TRACE").is_some())
+}
 const PORTS: [u16; 2] = [80, 8080];
 /// Peer `k`, incarnation `i` uses source port `PORT_BASE + k * INC_SPAN + i`.
 const PORT_BASE: u16 = 16384;
@@ -473,6 +479,17 @@ impl Interp {
             let i = from + usize::from(pos) % (n - from);
             buf[i] ^= x.max(1);
         }
+        if trace() {
+            let p = &self.peers[k];
+            eprintln!(
+                "peer {k} sends off {} len {len} flags {flags:#04x}{} (hi {}, acked {}, prefix {})",
+                p.off_of(seq),
+                if corrupt.is_some() { " CORRUPT" } else { "" },
+                p.hi,
+                p.acked,
+                p.sent.prefix_end()
+            );
+        }
         let before = self.ep.stats();
         let tx_before = self.ep.tx_len();
         let id = self.next_frame;
@@ -625,6 +642,14 @@ impl Interp {
             return;
         }
         let a = p.off_of(pkt.tcp.ack);
+        if trace() {
+            eprintln!(
+                "  endpoint -> peer {k}: ack {a} flags {:#04x} win {} sack {:?}",
+                pkt.tcp.flags.0,
+                pkt.tcp.window,
+                pkt.tcp.options.sack_blocks()
+            );
+        }
         if !p.tainted {
             assert!(
                 a >= p.acked,
