@@ -168,6 +168,8 @@ impl ConnSink {
 fn sync_dir(p: &Path) -> io::Result<()> {
     if let Some(d) = p.parent() {
         File::open(d)?.sync_all()?;
+        #[cfg(test)]
+        tests::DIR_SYNCS.with(|n| n.set(n.get() + 1));
     }
     Ok(())
 }
@@ -175,6 +177,37 @@ fn sync_dir(p: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Directory fsyncs made by this test thread.
+        pub(super) static DIR_SYNCS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Regression: a `.partial` was fsynced but its directory was not, so the file's name
+    /// could be lost in a crash while a complete file's could not.
+    #[test]
+    fn partial_and_complete_files_both_sync_their_directory() {
+        let d = tmpdir("dirsync");
+        let f = SinkFactory::new(SinkSpec::Dir(d.clone())).unwrap();
+        let before = DIR_SYNCS.with(|n| n.get());
+        let mut a = f.open(None).unwrap();
+        a.write(b"cut short").unwrap();
+        assert!(matches!(a.abort().unwrap(), Outcome::Partial(_)));
+        assert_eq!(
+            DIR_SYNCS.with(|n| n.get()),
+            before + 1,
+            "abort syncs the directory"
+        );
+        let mut b = f.open(None).unwrap();
+        b.write(b"whole").unwrap();
+        assert!(matches!(b.finish().unwrap(), Outcome::Complete(_)));
+        assert_eq!(
+            DIR_SYNCS.with(|n| n.get()),
+            before + 2,
+            "finish syncs the directory"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("netrxd-sink-{tag}-{}", std::process::id()));
