@@ -22,7 +22,9 @@
 //!
 //! runs this binary under `valgrind --tool=callgrind` once per side and workload (32 MiB
 //! streams unless `NETRX_BENCH_BYTES` says otherwise), collecting only the timed receive loop
-//! (`--toggle-collect=rx_core::netrx_loop` / `rx_core::smoltcp_loop`), and prints per segment:
+//! (`--toggle-collect=rx_core::netrx_loop` / `rx_core::smoltcp_loop`; the synthetic sender's
+//! sequence-number rewrite, `Pool::prepare`, is toggled off again inside it), and prints per
+//! segment:
 //! the total, the payload copy (netrx: the application's `copy_payload`; smoltcp: every
 //! memcpy, i.e. its copy into the socket ring and `recv_slice`'s copy out), the checksum
 //! verification (the difference to a second run with `NETRX_BENCH_CSUM=off`, where neither
@@ -157,8 +159,10 @@ impl Pool {
         self.ack = ack;
     }
 
-    /// Makes frame `i` carry lap `lap`'s sequence number.
-    #[inline]
+    /// Makes frame `i` carry lap `lap`'s sequence number: the synthetic sender's work, not the
+    /// receiver's, so it is a call of its own that callgrind leaves out (`--toggle-collect`
+    /// toggles collection off inside it, for both sides).
+    #[inline(never)]
     fn prepare(&mut self, i: usize, lap: u64) {
         let seq = PEER_ISS
             .wrapping_add(1)
@@ -598,6 +602,7 @@ fn callgrind_report(bytes: Option<String>) {
                     .args(["--tool=callgrind", "--quiet"])
                     .arg(format!("--callgrind-out-file={}", out.display()))
                     .arg(format!("--toggle-collect=rx_core::{side}_loop"))
+                    .arg("--toggle-collect=rx_core::Pool::prepare")
                     .arg(&exe)
                     .env_remove("NETRX_BENCH_CALLGRIND")
                     .env("NETRX_BENCH_SIDE", side)
