@@ -57,9 +57,15 @@ pub(crate) struct Outcome {
 struct HeldFrame {
     frame: FrameId,
     truesize: u32,
-    /// Queue references plus pieces handed to the consumer and not yet released.
+    /// Queue references plus pieces handed to the consumer and not yet released (0: the slot
+    /// is free).
     refs: u32,
+    /// The next free slot when this one is free ([`NO_SLOT`] ends the list).
+    next_free: u32,
 }
+
+/// End of the frame table's free list.
+const NO_SLOT: u32 = u32::MAX;
 
 const TWENTY_FOUR_DAYS_MS: u64 = 24 * 24 * 3600 * 1000;
 
@@ -123,8 +129,10 @@ pub(crate) struct Conn {
     /// Truesize kept out of the window (see [`WINDOW_RESERVE_FRAMES`]).
     reserve: u64,
     // Frames and queues.
+    /// Held frames by slot; free slots are chained through `next_free` from `free_slot`, so
+    /// taking and freeing a slot touches only the table.
     frames: Vec<HeldFrame>,
-    free_slots: Vec<u32>,
+    free_slot: u32,
     pub mem: u64,
     in_order: VecDeque<SegRef>,
     pub available: u64,
@@ -239,7 +247,7 @@ impl Conn {
             reserve: (WINDOW_RESERVE_FRAMES * cfg.frame_truesize.max(1) as u64)
                 .min(cfg.rcvbuf as u64 / 8),
             frames: Vec::new(),
-            free_slots: Vec::new(),
+            free_slot: NO_SLOT,
             mem: 0,
             in_order: VecDeque::new(),
             available: 0,
@@ -463,10 +471,13 @@ impl Conn {
             frame,
             truesize,
             refs: 1,
+            next_free: NO_SLOT,
         };
-        match self.free_slots.pop() {
-            Some(i) => {
-                self.frames[i as usize] = h;
+        let i = self.free_slot;
+        match self.frames.get_mut(i as usize) {
+            Some(free) => {
+                self.free_slot = free.next_free;
+                *free = h;
                 i
             }
             None => {
@@ -484,7 +495,8 @@ impl Conn {
         if h.refs == 0 {
             self.mem -= h.truesize as u64;
             released.push(h.frame, h.truesize);
-            self.free_slots.push(slot);
+            h.next_free = self.free_slot;
+            self.free_slot = slot;
         }
     }
 
@@ -1442,11 +1454,20 @@ impl Conn {
         let held: u64 = self
             .frames
             .iter()
-            .enumerate()
-            .filter(|(i, _)| !self.free_slots.contains(&(*i as u32)))
-            .map(|(_, h)| h.truesize as u64)
+            .filter(|h| h.refs > 0)
+            .map(|h| h.truesize as u64)
             .sum();
         assert_eq!(held, self.mem, "memory accounting");
+        // The free list holds exactly the free slots, each once.
+        let (mut free, mut at) = (0usize, self.free_slot);
+        while at != NO_SLOT {
+            let h = &self.frames[at as usize];
+            assert_eq!(h.refs, 0, "a slot on the free list is free");
+            free += 1;
+            assert!(free <= self.frames.len(), "free list without a cycle");
+            at = h.next_free;
+        }
+        assert_eq!(free, self.frames.iter().filter(|h| h.refs == 0).count());
         assert!(
             self.mem <= self.rcvbuf_peak as u64,
             "memory bounded by rcvbuf"
