@@ -258,21 +258,22 @@ fn netrx_loop(
                 pool.prepare(i, lap);
                 ep.on_frame(now, i as u64, &pool.frames[i], truesize);
             }
-            while let Some(seg) = ep.read(id, usize::MAX).unwrap() {
-                let len = seg.len as usize;
-                if app_off + len > app.len() {
-                    app_off = 0;
-                }
-                let f = &pool.frames[seg.frame as usize];
-                copy_payload(
-                    &mut app[app_off..app_off + len],
-                    &f[seg.offset as usize..seg.offset as usize + len],
-                );
-                app_off += len;
-                got += len as u64;
-                ep.release(&seg).unwrap();
-            }
-            ep.flush(now);
+            // The application copies synchronously: read, copy and release in one call.
+            let frames = &pool.frames;
+            got += ep
+                .consume(now, id, usize::MAX, |seg| {
+                    let len = seg.len as usize;
+                    if app_off + len > app.len() {
+                        app_off = 0;
+                    }
+                    let f = &frames[seg.frame as usize];
+                    copy_payload(
+                        &mut app[app_off..app_off + len],
+                        &f[seg.offset as usize..seg.offset as usize + len],
+                    );
+                    app_off += len;
+                })
+                .unwrap() as u64;
             while ep.pop_tx().is_some() {}
             while ep.poll_event().is_some() {}
             if got >= total {

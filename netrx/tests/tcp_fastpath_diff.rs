@@ -1,7 +1,8 @@
 //! Differential property: header prediction (`Config::fast_path`) changes nothing observable.
 //!
 //! Two endpoints, one with the fast path and one without (the full path, the reference), get the
-//! same frames, time, reads, releases, flushes and closes. After every step they must agree on
+//! same frames, time, reads, releases, flushes and closes (and `consume` on the fast side against
+//! `read`, `release` and `flush` on the full side). After every step they must agree on
 //! the frame disposition, every transmitted frame (byte for byte: ACKs, window, SACK and D-SACK
 //! blocks, timestamps), released frames, ready connections, per-connection info and counters,
 //! endpoint counters (but `fast_path`), the next timer, and the bytes delivered. Streams mix
@@ -199,11 +200,60 @@ impl Pair {
         p.conn = a;
     }
 
+    /// A synchronous consumer: `Endpoint::consume` on the fast side, `read`, `release` piece by
+    /// piece and `flush` on the full side; the same pieces and the same effects.
+    fn consume_some(&mut self, p: &mut Peer, id: ConnId, rng: &mut ChaCha8Rng) {
+        let max = if rng.gen_bool(0.5) {
+            usize::MAX
+        } else {
+            rng.gen_range(1..20_000)
+        };
+        let mut got = Vec::new();
+        let a = self.fast.consume(self.now, id, max, |seg| got.push(*seg));
+        let mut want = Vec::new();
+        let mut done = 0;
+        let b = loop {
+            if done >= max {
+                break Ok(done);
+            }
+            match self.full.read(id, max - done) {
+                Ok(Some(seg)) => {
+                    done += seg.len as usize;
+                    want.push(seg);
+                    self.full.release(&seg).unwrap();
+                }
+                Ok(None) => break Ok(done),
+                Err(e) => break Err(e),
+            }
+        };
+        if b.is_ok() {
+            // `consume` of an unknown connection does nothing.
+            self.full.flush(self.now);
+        }
+        assert_eq!(a, b, "consumed bytes");
+        assert_eq!(got, want, "consumed pieces");
+        for seg in got {
+            assert_eq!(seg.stream_offset, p.delivered, "pieces come in order");
+            let f = &self.frames[&seg.frame];
+            let bytes = &f[seg.offset as usize..(seg.offset + seg.len) as usize];
+            for (i, &x) in bytes.iter().enumerate() {
+                assert_eq!(x, byte_at(seg.stream_offset + i as u64), "stream byte");
+            }
+            p.delivered += seg.len as u64;
+        }
+        self.compare_conn(id);
+        self.compare();
+    }
+
     /// A random reader step: reads pieces of every connection and releases some of the
     /// outstanding ones, checking the bytes.
     fn read_some(&mut self, peers: &mut [Peer], rng: &mut ChaCha8Rng) {
         for p in peers.iter_mut() {
             let Some(id) = p.conn else { continue };
+            if rng.gen_bool(0.25) {
+                self.consume_some(p, id, rng);
+                continue;
+            }
             for _ in 0..rng.gen_range(0..40) {
                 let max = if rng.gen_bool(0.7) {
                     usize::MAX

@@ -1109,7 +1109,10 @@ impl Endpoint {
     }
 
     /// Reads and releases up to `n` bytes at once, calling `f` for each piece before its release
-    /// (for a consumer that copies synchronously). Returns the bytes consumed.
+    /// (for a consumer that copies synchronously), then flushes. Returns the bytes consumed.
+    /// The same effects as [`Endpoint::read`] and [`Endpoint::release`] piece by piece, with one
+    /// connection lookup for the whole run. An unknown connection is an error, and then nothing
+    /// is done (no flush either).
     pub fn consume(
         &mut self,
         now: Instant,
@@ -1117,14 +1120,29 @@ impl Endpoint {
         n: usize,
         mut f: impl FnMut(&RxSegment),
     ) -> Result<usize, TcpError> {
+        let c = self
+            .slots
+            .get_mut(id.idx as usize)
+            .filter(|s| s.gen == id.gen)
+            .and_then(|s| s.conn.as_deref_mut())
+            .ok_or(TcpError::UnknownConnection)?;
         let mut done = 0;
         while done < n {
-            let Some(seg) = self.read(id, n - done)? else {
+            let Some((frame, g)) = c.read(n - done) else {
                 break;
             };
-            f(&seg);
-            done += seg.len as usize;
-            self.release(&seg)?;
+            f(&RxSegment::new(id, frame, g));
+            done += g.len as usize;
+            c.release(g.slot, &mut self.released);
+        }
+        if done > 0 {
+            let closed = c.state == State::Closed;
+            if self.wnd_check.last() != Some(&id) {
+                self.wnd_check.push(id);
+            }
+            if closed {
+                self.reap(id.idx);
+            }
         }
         self.flush(now);
         Ok(done)
