@@ -1012,6 +1012,7 @@ impl Conn {
         frame: FrameId,
         truesize: u32,
         now: Instant,
+        cfg: &Config,
         io: impl FnOnce() -> Io<'a>,
     ) -> bool {
         self.stats.segments_in += 1;
@@ -1028,14 +1029,13 @@ impl Conn {
                 self.sample_rcv_rtt(Some((tsval, ecr)), now);
             }
         }
-        let mut io = io();
         let len = s.payload_len;
         if len > self.rcv_mss {
             self.rcv_mss = len.min(self.our_mss);
-            self.ack_limit = self.ack_stretch(io.cfg);
+            self.ack_limit = self.ack_stretch(cfg);
         }
         if len >= self.rcv_mss {
-            self.set_ratio(len, truesize, io.cfg);
+            self.set_ratio(len, truesize, cfg);
         }
         let slot = self.alloc_slot(frame, truesize);
         self.push_in_order(SegRef {
@@ -1054,16 +1054,17 @@ impl Conn {
             immediate_ack = true;
         }
         if self.unacked_bytes >= 2 * self.rcv_mss {
-            if io.cfg.batch_acks && self.unacked_bytes < self.ack_limit {
+            if cfg.batch_acks && self.unacked_bytes < self.ack_limit {
                 batch_ack = true;
             } else {
                 immediate_ack = true;
             }
         }
         if immediate_ack {
-            self.send_ack(now, &mut io);
+            // The effects' destination is built only when there is an effect.
+            self.send_ack(now, &mut io());
         } else if self.ack_deadline.is_none() {
-            self.ack_deadline = Some(now + io.cfg.delayed_ack);
+            self.ack_deadline = Some(now + cfg.delayed_ack);
             self.stats.delayed_acks += 1;
         }
         batch_ack

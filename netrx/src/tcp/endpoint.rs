@@ -485,7 +485,7 @@ impl Endpoint {
             return None;
         }
         let (cfg, tx, released) = (&self.cfg, &mut self.tx, &mut self.released);
-        let batch_ack = c.fast_apply(&s, frame, truesize, now, || Io {
+        let batch_ack = c.fast_apply(&s, frame, truesize, now, cfg, || Io {
             cfg,
             tx,
             released,
