@@ -7,6 +7,7 @@ use super::reasm::{Insert, Reasm, SegRef};
 use super::seq;
 use super::timers::{earliest, Backoff, Instant};
 use super::{Config, ConnError, ConnId, ConnStats, FrameId, State};
+use crate::wire::build::AckTemplate;
 use crate::wire::fast::FastSeg;
 use crate::wire::tcp::{OptionsOut, TcpFlags};
 use crate::wire::{IpPair, Packet, ReplyAddrs, SegmentSpec, TxFrame};
@@ -84,6 +85,8 @@ pub(crate) struct Conn {
     pub id: ConnId,
     pub state: State,
     pub addrs: ReplyAddrs,
+    /// The common ACK prebuilt (IPv4; `None` for IPv6).
+    ack_tpl: Option<AckTemplate>,
     pub accepted: bool,
     pub app_closed: bool,
     pub in_ready: bool,
@@ -208,6 +211,7 @@ impl Conn {
             id,
             state: State::SynReceived,
             addrs: ReplyAddrs::reply_to(p),
+            ack_tpl: AckTemplate::new(&ReplyAddrs::reply_to(p), ts_ok),
             accepted: false,
             app_closed: false,
             in_ready: false,
@@ -289,6 +293,12 @@ impl Conn {
     }
 
     fn emit(&mut self, io: &mut Io, seq: u32, flags: u8, window: u16, options: OptionsOut) {
+        if let Some(t) = &self.ack_tpl {
+            if flags == TcpFlags::ACK && t.fits(&options) {
+                t.push(io.tx, seq, self.rcv_nxt, window, options.timestamps);
+                return;
+            }
+        }
         let spec = SegmentSpec {
             seq,
             ack: self.rcv_nxt,

@@ -110,6 +110,110 @@ impl std::fmt::Debug for TxFrame {
     }
 }
 
+/// One connection's common ACK, prebuilt: IPv4, flags ACK only, no options or only timestamps.
+/// Everything but the sequence and acknowledgment numbers, the window and the timestamp values
+/// is fixed for the connection's life (addresses, ports, lengths, TTL, a zero IP ID and so the IP
+/// checksum), so an ACK is a copy of the template, four stores and a TCP checksum updated from
+/// the template's partial sum: byte for byte what [`build_segment`] writes (the unit test
+/// compares them).
+#[derive(Clone, Copy)]
+pub struct AckTemplate {
+    /// The ACK with zero sequence, acknowledgment, window and timestamp values.
+    frame: TxFrame,
+    /// Offset of the TCP header in `frame`.
+    tcp: u8,
+    /// The TCP checksum's sum over the pseudo-header and the template's TCP header (checksum
+    /// field zero): the fixed part of every ACK's sum.
+    base: Checksum,
+    timestamps: bool,
+}
+
+impl std::fmt::Debug for AckTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AckTemplate({} bytes)", self.frame.len)
+    }
+}
+
+impl AckTemplate {
+    /// The template for `addrs` (`None` for IPv6, which takes the general builder).
+    pub fn new(addrs: &ReplyAddrs, timestamps: bool) -> Option<AckTemplate> {
+        let IpPair::V4 { src, dst } = addrs.ip else {
+            return None;
+        };
+        let spec = SegmentSpec {
+            flags: super::tcp::TcpFlags::ACK,
+            options: OptionsOut {
+                timestamps: timestamps.then_some((0, 0)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let frame = TxFrame::build(addrs, &spec);
+        let t = frame.len as usize - if timestamps { 32 } else { 20 };
+        let mut tcp = [0u8; 32];
+        tcp[..frame.len as usize - t].copy_from_slice(&frame.buf[t..frame.len as usize]);
+        tcp[16..18].fill(0);
+        let l = ((frame.len as usize - t) as u16).to_be_bytes();
+        let a = [
+            src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+        ];
+        let mut base = Checksum::new();
+        base.add_word(u64::from_ne_bytes(a));
+        base.add_word(u32::from_ne_bytes([0, 6, l[0], l[1]]) as u64);
+        base.add(&tcp);
+        Some(AckTemplate {
+            frame,
+            tcp: t as u8,
+            base,
+            timestamps,
+        })
+    }
+
+    /// Whether an ACK with these options is this template's (timestamps as negotiated, nothing
+    /// else).
+    #[inline]
+    pub fn fits(&self, options: &OptionsOut) -> bool {
+        plain_options(options) && options.timestamps.is_some() == self.timestamps
+    }
+
+    /// Appends the ACK for these fields to `queue` (the caller checked [`AckTemplate::fits`]).
+    #[inline]
+    pub fn push(
+        &self,
+        queue: &mut std::collections::VecDeque<TxFrame>,
+        seq: u32,
+        ack: u32,
+        window: u16,
+        timestamps: Option<(u32, u32)>,
+    ) {
+        let mut c = self.base;
+        let mut nums = [0u8; 8];
+        nums[..4].copy_from_slice(&seq.to_be_bytes());
+        nums[4..].copy_from_slice(&ack.to_be_bytes());
+        c.add_word(u64::from_ne_bytes(nums));
+        let w = window.to_be_bytes();
+        c.add_word(u16::from_ne_bytes(w) as u64);
+        let mut ts = [0u8; 8];
+        if let Some((val, ecr)) = timestamps {
+            ts[..4].copy_from_slice(&val.to_be_bytes());
+            ts[4..].copy_from_slice(&ecr.to_be_bytes());
+            c.add_word(u64::from_ne_bytes(ts));
+        }
+        queue.push_back(self.frame);
+        let Some(f) = queue.back_mut() else {
+            return;
+        };
+        let t = self.tcp as usize;
+        let h = &mut f.buf[t..t + 32];
+        h[4..12].copy_from_slice(&nums);
+        h[14..16].copy_from_slice(&w);
+        h[16..18].copy_from_slice(&c.finish().to_be_bytes());
+        if self.timestamps {
+            h[24..32].copy_from_slice(&ts);
+        }
+    }
+}
+
 /// Options of the common ACK: timestamps or nothing.
 #[inline]
 fn plain_options(o: &OptionsOut) -> bool {
@@ -297,6 +401,67 @@ mod tests {
             let mut buf = [0u8; MAX_CONTROL_FRAME];
             let n = build_segment(&a, &spec, &[], &mut buf).unwrap();
             assert_eq!(f.as_bytes(), &buf[..n], "case {i}");
+        }
+    }
+
+    #[test]
+    fn ack_templates_match_the_general_builder() {
+        let mut x = 0x0bad_cafe_1234_5678u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        assert!(
+            AckTemplate::new(&addrs(true, None), true).is_none(),
+            "IPv6: general builder"
+        );
+        for i in 0..2000 {
+            let vlan = (i % 3 == 0).then_some(rnd() as u16);
+            let mut a = addrs(false, vlan);
+            a.ip = IpPair::V4 {
+                src: (rnd() as u32).to_be_bytes(),
+                dst: (rnd() as u32).to_be_bytes(),
+            };
+            a.local_port = rnd() as u16;
+            a.remote_port = rnd() as u16;
+            let ts = i % 2 == 0;
+            let t = AckTemplate::new(&a, ts).unwrap();
+            for _ in 0..4 {
+                let spec = SegmentSpec {
+                    seq: rnd() as u32,
+                    ack: rnd() as u32,
+                    flags: TcpFlags::ACK,
+                    window: rnd() as u16,
+                    options: OptionsOut {
+                        timestamps: ts.then(|| (rnd() as u32, rnd() as u32)),
+                        ..Default::default()
+                    },
+                };
+                assert!(t.fits(&spec.options));
+                let mut q = std::collections::VecDeque::new();
+                t.push(
+                    &mut q,
+                    spec.seq,
+                    spec.ack,
+                    spec.window,
+                    spec.options.timestamps,
+                );
+                let mut buf = [0u8; MAX_CONTROL_FRAME];
+                let n = build_segment(&a, &spec, &[], &mut buf).unwrap();
+                assert_eq!(q[0].as_bytes(), &buf[..n], "case {i}");
+            }
+            let other = OptionsOut {
+                timestamps: (!ts).then_some((1, 2)),
+                ..Default::default()
+            };
+            assert!(!t.fits(&other), "timestamps as negotiated");
+            let sack = OptionsOut {
+                sack_count: 1,
+                ..Default::default()
+            };
+            assert!(!t.fits(&sack), "SACK blocks take the builder");
         }
     }
 
