@@ -9,11 +9,18 @@
 //! in-order data with reordering, duplicates, overlaps, FIN, RST, SYN, option-laden segments
 //! (SACK blocks, MSS, no timestamps, old timestamps for PAWS), bad checksums, VLAN tags, wrong
 //! ACK fields, zero windows and two interleaved connections.
+//!
+//! A third endpoint takes the same frames through `Endpoint::on_frame_into` (direct delivery to a
+//! waiting reader, copied and checksummed in one pass) with an application that reads what
+//! arrives (and lags every third step): everything it delivers must be the stream, in order,
+//! and no corrupted byte may reach it.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use netrx::tcp::{Config, ConnId, Endpoint, EndpointEvent, FrameDisposition, Instant, RxSegment};
+use netrx::tcp::{
+    Config, ConnId, DirectReader, Endpoint, EndpointEvent, FrameDisposition, Instant, RxSegment,
+};
 use netrx::wire::tcp::{OptionsOut, TcpFlags};
 use netrx::wire::{self, build_segment, ChecksumMode, IpPair, ReplyAddrs, SegmentSpec};
 use proptest::prelude::*;
@@ -59,6 +66,14 @@ struct Peer {
 struct Pair {
     fast: Endpoint,
     full: Endpoint,
+    /// A third endpoint (fast path) whose application reads everything as it arrives, with
+    /// direct delivery (`Endpoint::on_frame_into`): its ACKs and windows differ from the other
+    /// two (nothing it receives stays queued), so it is checked on its own: every byte it
+    /// delivers, directly or through `consume`, is the stream's, and its invariants hold.
+    direct: Endpoint,
+    eager: Eager,
+    direct_frames: HashMap<u64, Vec<u8>>,
+    direct_conns: Vec<ConnId>,
     now: Instant,
     next_frame: u64,
     frames: HashMap<u64, Vec<u8>>,
@@ -76,11 +91,20 @@ impl Pair {
             fast_path: false,
             ..cfg
         });
+        let mut direct = Endpoint::new(Config {
+            fast_path: true,
+            ..fast.config().clone()
+        });
         fast.listen(PORT).unwrap();
         full.listen(PORT).unwrap();
+        direct.listen(PORT).unwrap();
         Pair {
             fast,
             full,
+            direct,
+            eager: Eager::default(),
+            direct_frames: HashMap::new(),
+            direct_conns: Vec::new(),
             now: Instant::from_millis(5000),
             next_frame: 1,
             frames: HashMap::new(),
@@ -96,10 +120,51 @@ impl Pair {
         let a = self.fast.on_frame(self.now, id, &bytes, truesize);
         let b = self.full.on_frame(self.now, id, &bytes, truesize);
         assert_eq!(a, b, "disposition of frame {id}");
+        // The reader declines now and then (the segment is queued and consumed instead).
+        self.eager.take = id % 5 != 0;
+        let d = self
+            .direct
+            .on_frame_into(self.now, id, &bytes, truesize, &mut self.eager);
+        if d == FrameDisposition::Held {
+            self.direct_frames.insert(id, bytes.clone());
+        }
         if a == FrameDisposition::Held {
             self.frames.insert(id, bytes);
         }
+        self.drive_direct();
         self.compare()
+    }
+
+    /// The direct endpoint's application: accepts, reads everything readable, drops its
+    /// transmitted frames (nobody answers them), returns released frames.
+    /// Now and then (every third step) it lags, leaving data queued, so that direct delivery
+    /// must wait behind it.
+    fn drive_direct(&mut self) {
+        while let Some(id) = self.direct.accept(PORT) {
+            self.direct_conns.push(id);
+        }
+        if self.steps % 3 != 0 {
+            for &id in &self.direct_conns {
+                let (frames, eager) = (&self.direct_frames, &mut self.eager);
+                let _ = self.direct.consume(self.now, id, usize::MAX, |seg| {
+                    let f = &frames[&seg.frame];
+                    eager.check(id, &f[seg.offset as usize..(seg.offset + seg.len) as usize]);
+                });
+            }
+        }
+        while let Some(e) = self.direct.poll_event() {
+            match e {
+                EndpointEvent::FrameReleased(f) => {
+                    assert!(
+                        self.direct_frames.remove(&f).is_some(),
+                        "released {f} was held"
+                    );
+                }
+                _ => {}
+            }
+        }
+        while self.direct.pop_tx().is_some() {}
+        self.direct.check_invariants();
     }
 
     /// Compares everything observable; returns the transmitted frames.
@@ -344,7 +409,7 @@ struct Params {
     odd_pct: u32,
 }
 
-fn run(prm: Params) -> (u64, u64) {
+fn run(prm: Params) -> (u64, u64, u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(prm.seed);
     let cfg = Config {
         rcvbuf: prm.rcvbuf_frames * 4096,
@@ -481,11 +546,15 @@ fn run(prm: Params) -> (u64, u64) {
             pair.now = pair.now + Duration::from_micros(rng.gen_range(0..80_000));
             pair.fast.handle_timeout(pair.now);
             pair.full.handle_timeout(pair.now);
+            pair.direct.handle_timeout(pair.now);
+            pair.drive_direct();
             pair.compare();
         } else if r < 96 && prm.odd_pct > 0 {
             let p = &peers[rng.gen_range(0..2)];
             if let Some(id) = p.conn {
                 assert_eq!(pair.fast.close(pair.now, id), pair.full.close(pair.now, id));
+                let _ = pair.direct.close(pair.now, id);
+                pair.drive_direct();
                 pair.compare();
             }
         } else {
@@ -501,7 +570,55 @@ fn run(prm: Params) -> (u64, u64) {
         assert_eq!(pair.fast.release(&seg), pair.full.release(&seg));
     }
     pair.compare();
-    (pair.fast.stats().fast_path, pair.fast.stats().frames_in)
+    let d = pair.direct.stats();
+    assert!(d.direct_deliveries <= d.fast_path);
+    (
+        pair.fast.stats().fast_path,
+        pair.fast.stats().frames_in,
+        d.direct_deliveries,
+    )
+}
+
+/// The direct endpoint's reader: takes what it is offered (when `take`) and checks every byte
+/// it is given against the stream.
+#[derive(Default)]
+struct Eager {
+    take: bool,
+    buf: Vec<u8>,
+    /// Bytes delivered so far per connection (directly or through `consume`).
+    got: HashMap<ConnId, u64>,
+}
+
+impl Eager {
+    fn check(&mut self, id: ConnId, bytes: &[u8]) {
+        let off = self.got.entry(id).or_insert(0);
+        for (i, &x) in bytes.iter().enumerate() {
+            assert_eq!(
+                x,
+                byte_at(*off + i as u64),
+                "delivered byte {}",
+                *off + i as u64
+            );
+        }
+        *off += bytes.len() as u64;
+    }
+}
+
+impl DirectReader for Eager {
+    fn room(&mut self, _conn: ConnId, len: usize) -> Option<&mut [u8]> {
+        if !self.take {
+            return None;
+        }
+        // Garbage where the payload goes: a failed checksum must not leave it "delivered".
+        self.buf.clear();
+        self.buf.resize(len + 3, 0xa5);
+        Some(&mut self.buf)
+    }
+    fn filled(&mut self, conn: ConnId, len: usize) {
+        let b = std::mem::take(&mut self.buf);
+        self.check(conn, &b[..len]);
+        self.buf = b;
+    }
 }
 
 proptest! {
@@ -530,7 +647,7 @@ proptest! {
 #[test]
 fn in_order_streams_take_the_fast_path() {
     for (timestamps, verify) in [(true, true), (false, true), (true, false)] {
-        let (fast, frames) = run(Params {
+        let (fast, frames, direct) = run(Params {
             seed: 11,
             steps: 2000,
             timestamps,
@@ -549,13 +666,18 @@ fn in_order_streams_take_the_fast_path() {
             fast * 10 > frames * 8,
             "{fast} of {frames} frames took the fast path"
         );
+        // The eager reader takes four offers in five: most frames go straight to it.
+        assert!(
+            direct * 10 > frames * 6,
+            "{direct} of {frames} frames were delivered directly"
+        );
     }
 }
 
 #[test]
 fn impaired_streams_agree() {
     for seed in 0..8 {
-        let (fast, frames) = run(Params {
+        let (fast, frames, _) = run(Params {
             seed,
             steps: 3000,
             timestamps: seed % 2 == 0,

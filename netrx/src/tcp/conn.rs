@@ -1016,10 +1016,14 @@ impl Conn {
     /// ACKs are identical (the connection always has news: data was queued). Returns whether
     /// the segment wants the batch-end ACK (`Outcome::batch_ack` of the full path).
     #[inline(always)]
+    ///
+    /// `frame`: `Some` queues the payload, held in that frame; `None` is a direct delivery
+    /// (the endpoint already copied the payload to a waiting reader, which has read it: nothing
+    /// is queued or held, and the window stays open by what was delivered).
     pub fn fast_apply<'a>(
         &mut self,
         s: &FastSeg,
-        frame: FrameId,
+        frame: Option<FrameId>,
         truesize: u32,
         now: Instant,
         cfg: &Config,
@@ -1047,14 +1051,19 @@ impl Conn {
         if len >= self.rcv_mss {
             self.set_ratio(len, truesize, cfg);
         }
-        let slot = self.alloc_slot(frame, truesize);
-        self.push_in_order(SegRef {
-            slot,
-            off: s.payload_offset,
-            len,
-            start: self.rcv_off,
-            psh: s.psh(),
-        });
+        match frame {
+            Some(frame) => {
+                let slot = self.alloc_slot(frame, truesize);
+                self.push_in_order(SegRef {
+                    slot,
+                    off: s.payload_offset,
+                    len,
+                    start: self.rcv_off,
+                    psh: s.psh(),
+                });
+            }
+            None => self.advance(len),
+        }
         self.unacked_bytes += len;
         // The full path's ACK decision for in-order data (see `on_segment`).
         let mut immediate_ack = false;
@@ -1223,12 +1232,25 @@ impl Conn {
 
     #[inline(always)]
     fn push_in_order(&mut self, g: SegRef) {
-        self.rcv_nxt = self.rcv_nxt.wrapping_add(g.len);
-        self.rcv_off += g.len as u64;
+        self.advance(g.len);
         self.available += g.len as u64;
-        self.stats.payload_in += g.len as u64;
         self.psh_queued += g.psh as u32;
         self.in_order.push_back(g);
+    }
+
+    /// `len` more bytes received in order.
+    #[inline(always)]
+    fn advance(&mut self, len: u32) {
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(len);
+        self.rcv_off += len as u64;
+        self.stats.payload_in += len as u64;
+    }
+
+    /// A direct delivery may go to the application: it accepted the connection and nothing
+    /// received in order waits to be read (the order of the stream is kept).
+    #[inline(always)]
+    pub fn direct_ok(&self) -> bool {
+        self.available == 0 && self.accepted
     }
 
     fn pull_reassembled(&mut self, io: &mut Io) {

@@ -7,6 +7,7 @@ use super::conn::{Conn, Io, Outcome, Released};
 use super::reasm::SegRef;
 use super::timers::{earliest, Instant};
 use super::{Config, ConnId, ConnInfo, FrameId, State, TcpError};
+use crate::wire::checksum::copy_and_sum;
 use crate::wire::fast::{self, FlowBytes};
 use crate::wire::tcp::{OptionsOut, TcpFlags};
 use crate::wire::{
@@ -53,6 +54,21 @@ impl RxSegment {
     }
 }
 
+/// A reader waiting for data, for [`Endpoint::on_frame_into`]: the next in-order payload of a
+/// connection is copied straight into its buffer, and its checksum verified in the same pass
+/// (the kernel's `csum_and_copy` into a waiting reader's iovec, `tcp_copy_to_iovec` under the
+/// old `ucopy`). The frame is then free at once: no queue entry, no `read`, no `release`.
+pub trait DirectReader {
+    /// Where `len` bytes of `conn`'s stream, the next ones after everything it has read, go if
+    /// the reader wants them now (a slice of at least `len` bytes); `None` queues them as usual.
+    /// After a `room` without a matching [`DirectReader::filled`] (the segment failed its
+    /// checksum), the bytes of that room are unspecified.
+    fn room(&mut self, conn: ConnId, len: usize) -> Option<&mut [u8]>;
+    /// The first `len` bytes of the last room are the stream's next bytes (verified, in order,
+    /// and counted as received and read).
+    fn filled(&mut self, conn: ConnId, len: usize);
+}
+
 /// What happened in the endpoint, for the shell or the per-queue core to act on, in order.
 /// Drained with [`Endpoint::poll_event`] (one queue, like quinn-proto's `Connection::poll`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +93,8 @@ pub struct EndpointStats {
     pub frames_in: u64,
     /// Frames taken by header prediction (`Config::fast_path`); the rest took the full path.
     pub fast_path: u64,
+    /// Of those, payloads copied straight to a waiting reader ([`Endpoint::on_frame_into`]).
+    pub direct_deliveries: u64,
     pub parse_errors: u64,
     pub fragments: u64,
     pub bad_checksums: u64,
@@ -363,6 +381,88 @@ impl Endpoint {
         d
     }
 
+    /// [`Endpoint::on_frame`] with a waiting reader: a segment header prediction accepts goes
+    /// straight into `reader`'s buffer (copied and checksummed in one pass) when the
+    /// connection has nothing else unread; it is then [`FrameDisposition::Free`] at once.
+    /// Everything else takes [`Endpoint::on_frame`].
+    #[inline(always)]
+    pub fn on_frame_into(
+        &mut self,
+        now: Instant,
+        frame: FrameId,
+        bytes: &[u8],
+        truesize: u32,
+        reader: &mut impl DirectReader,
+    ) -> FrameDisposition {
+        if self.cfg.fast_path && self.on_frame_direct(now, bytes, truesize, reader) {
+            self.stats.frames_in += 1;
+            return FrameDisposition::Free;
+        }
+        self.on_frame(now, frame, bytes, truesize)
+    }
+
+    /// The direct delivery of [`Endpoint::on_frame_into`]; false leaves the frame untouched
+    /// (a bad checksum is then found again, and counted, by the usual path).
+    #[inline(always)]
+    fn on_frame_direct(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        truesize: u32,
+        reader: &mut impl DirectReader,
+    ) -> bool {
+        let Some(s) = fast::parse(bytes) else {
+            return false;
+        };
+        let e = self.flows[flow_slot(&s.key)];
+        if e.key != s.key {
+            return false;
+        }
+        let Some(slot) = self.slots.get_mut(e.idx as usize) else {
+            return false;
+        };
+        let Some(c) = slot.conn.as_deref_mut().filter(|_| slot.gen == e.gen) else {
+            return false;
+        };
+        if !c.direct_ok() || !c.fast_accepts(&s, truesize, now) {
+            return false;
+        }
+        let (at, len) = (s.payload_offset as usize, s.payload_len as usize);
+        let Some(src) = bytes.get(at..at + len) else {
+            return false;
+        };
+        let Some(dst) = reader.room(c.id, len).and_then(|d| d.get_mut(..len)) else {
+            return false;
+        };
+        if self.cfg.checksum == ChecksumMode::Verify {
+            let sum = copy_and_sum(dst, src);
+            if !fast::verify_with_payload_sum(bytes, &s, sum) {
+                return false;
+            }
+        } else {
+            dst.copy_from_slice(src);
+        }
+        let (cfg, tx, released) = (&self.cfg, &mut self.tx, &mut self.released);
+        let batch_ack = c.fast_apply(&s, None, truesize, now, cfg, || Io {
+            cfg,
+            tx,
+            released,
+            pool_free: u64::MAX,
+        });
+        let id = c.id;
+        reader.filled(id, len);
+        self.stats.fast_path += 1;
+        self.stats.direct_deliveries += 1;
+        if batch_ack && self.ack_check.last() != Some(&id) {
+            self.ack_check.push(id);
+        }
+        // The data was read as it arrived: the window may want an update, as after a release.
+        if self.wnd_check.last() != Some(&id) {
+            self.wnd_check.push(id);
+        }
+        true
+    }
+
     /// Pool accounting for a frame just taken in; prunes when above the high-water mark.
     #[inline(always)]
     fn took(&mut self, truesize: u32) {
@@ -485,7 +585,7 @@ impl Endpoint {
             return None;
         }
         let (cfg, tx, released) = (&self.cfg, &mut self.tx, &mut self.released);
-        let batch_ack = c.fast_apply(&s, frame, truesize, now, cfg, || Io {
+        let batch_ack = c.fast_apply(&s, Some(frame), truesize, now, cfg, || Io {
             cfg,
             tx,
             released,

@@ -16,7 +16,9 @@ pub(crate) mod reasm;
 pub mod seq;
 pub mod timers;
 
-pub use endpoint::{Endpoint, EndpointEvent, EndpointStats, FrameDisposition, RxSegment};
+pub use endpoint::{
+    DirectReader, Endpoint, EndpointEvent, EndpointStats, FrameDisposition, RxSegment,
+};
 pub use timers::Instant;
 
 use std::time::Duration;

@@ -41,6 +41,12 @@ impl Checksum {
         self.acc = add64(self.acc, w);
     }
 
+    /// Adds another running sum (of data that starts at an even offset of the message).
+    #[inline]
+    pub fn add_sum(&mut self, other: Checksum) {
+        self.acc = add64(self.acc, other.acc);
+    }
+
     /// The folded 16-bit sum in network order (not complemented).
     #[inline]
     pub fn sum(&self) -> u16 {
