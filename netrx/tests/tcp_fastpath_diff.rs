@@ -153,14 +153,11 @@ impl Pair {
             }
         }
         while let Some(e) = self.direct.poll_event() {
-            match e {
-                EndpointEvent::FrameReleased(f) => {
-                    assert!(
-                        self.direct_frames.remove(&f).is_some(),
-                        "released {f} was held"
-                    );
-                }
-                _ => {}
+            if let EndpointEvent::FrameReleased(f) = e {
+                assert!(
+                    self.direct_frames.remove(&f).is_some(),
+                    "released {f} was held"
+                );
             }
         }
         while self.direct.pop_tx().is_some() {}
