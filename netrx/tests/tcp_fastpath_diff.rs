@@ -262,6 +262,17 @@ impl Pair {
         p.conn = a;
     }
 
+    /// Checks a piece the application got: the next bytes of the stream.
+    fn delivered(&self, p: &mut Peer, seg: &RxSegment) {
+        assert_eq!(seg.stream_offset, p.delivered, "pieces come in order");
+        let f = &self.frames[&seg.frame];
+        let bytes = &f[seg.offset as usize..(seg.offset + seg.len) as usize];
+        for (i, &x) in bytes.iter().enumerate() {
+            assert_eq!(x, byte_at(seg.stream_offset + i as u64), "stream byte");
+        }
+        p.delivered += seg.len as u64;
+    }
+
     /// A synchronous consumer: `Endpoint::consume` on the fast side, `read`, `release` piece by
     /// piece and `flush` on the full side; the same pieces and the same effects.
     fn consume_some(&mut self, p: &mut Peer, id: ConnId, rng: &mut ChaCha8Rng) {
@@ -295,13 +306,7 @@ impl Pair {
         assert_eq!(a, b, "consumed bytes");
         assert_eq!(got, want, "consumed pieces");
         for seg in got {
-            assert_eq!(seg.stream_offset, p.delivered, "pieces come in order");
-            let f = &self.frames[&seg.frame];
-            let bytes = &f[seg.offset as usize..(seg.offset + seg.len) as usize];
-            for (i, &x) in bytes.iter().enumerate() {
-                assert_eq!(x, byte_at(seg.stream_offset + i as u64), "stream byte");
-            }
-            p.delivered += seg.len as u64;
+            self.delivered(p, &seg);
         }
         self.compare_conn(id);
         self.compare();
@@ -327,13 +332,7 @@ impl Pair {
                 assert_eq!(a, b, "read");
                 match a {
                     Ok(Some(seg)) => {
-                        assert_eq!(seg.stream_offset, p.delivered, "pieces come in order");
-                        let f = &self.frames[&seg.frame];
-                        let bytes = &f[seg.offset as usize..(seg.offset + seg.len) as usize];
-                        for (i, &x) in bytes.iter().enumerate() {
-                            assert_eq!(x, byte_at(seg.stream_offset + i as u64), "stream byte");
-                        }
-                        p.delivered += seg.len as u64;
+                        self.delivered(p, &seg);
                         self.pending.push(seg);
                     }
                     _ => break,

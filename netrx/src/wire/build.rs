@@ -369,24 +369,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn plain_control_frames_match_the_general_builder() {
-        let mut x = 0x1234_5678_9abc_def0u64;
-        let mut rnd = || {
+    /// A xorshift generator: deterministic random fields for the byte-for-byte comparisons.
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x
+        }
+    }
+
+    /// Random IPv4 addresses and ports, with a random VLAN tag when `vlan`.
+    fn random_v4(rnd: &mut impl FnMut() -> u64, vlan: bool) -> ReplyAddrs {
+        let vlan = vlan.then(|| rnd() as u16);
+        let mut a = addrs(false, vlan);
+        a.ip = IpPair::V4 {
+            src: (rnd() as u32).to_be_bytes(),
+            dst: (rnd() as u32).to_be_bytes(),
         };
+        a.local_port = rnd() as u16;
+        a.remote_port = rnd() as u16;
+        a
+    }
+
+    #[test]
+    fn plain_control_frames_match_the_general_builder() {
+        let mut rnd = xorshift(0x1234_5678_9abc_def0);
         for i in 0..2000 {
-            let vlan = (i % 3 == 0).then_some(rnd() as u16);
-            let mut a = addrs(false, vlan);
-            a.ip = IpPair::V4 {
-                src: (rnd() as u32).to_be_bytes(),
-                dst: (rnd() as u32).to_be_bytes(),
-            };
-            a.local_port = rnd() as u16;
-            a.remote_port = rnd() as u16;
+            let a = random_v4(&mut rnd, i % 3 == 0);
             let spec = SegmentSpec {
                 seq: rnd() as u32,
                 ack: rnd() as u32,
@@ -406,26 +416,13 @@ mod tests {
 
     #[test]
     fn ack_templates_match_the_general_builder() {
-        let mut x = 0x0bad_cafe_1234_5678u64;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = xorshift(0x0bad_cafe_1234_5678);
         assert!(
             AckTemplate::new(&addrs(true, None), true).is_none(),
             "IPv6: general builder"
         );
         for i in 0..2000 {
-            let vlan = (i % 3 == 0).then_some(rnd() as u16);
-            let mut a = addrs(false, vlan);
-            a.ip = IpPair::V4 {
-                src: (rnd() as u32).to_be_bytes(),
-                dst: (rnd() as u32).to_be_bytes(),
-            };
-            a.local_port = rnd() as u16;
-            a.remote_port = rnd() as u16;
+            let a = random_v4(&mut rnd, i % 3 == 0);
             let ts = i % 2 == 0;
             let t = AckTemplate::new(&a, ts).unwrap();
             for _ in 0..4 {

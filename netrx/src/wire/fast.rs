@@ -147,19 +147,9 @@ pub fn verify(frame: &[u8], s: &FastSeg) -> bool {
     let Some(ip) = frame.get(l3..l3 + 20 + s.tcp_len as usize) else {
         return false;
     };
-    // IPv4 header: 20 bytes, two words and a half.
-    let mut h = Checksum::new();
-    h.add_word(u64::from_ne_bytes(arr(ip, 0)));
-    h.add_word(u64::from_ne_bytes(arr(ip, 8)));
-    h.add_word(u32::from_ne_bytes(arr(ip, 16)) as u64);
-    if !h.is_valid() {
+    let Some(mut c) = ipv4_ok_and_pseudo(ip, s) else {
         return false;
-    }
-    // Pseudo-header: the addresses (the flow key's first word), zero, protocol, TCP length.
-    let mut c = Checksum::new();
-    c.add_word(s.key.addrs);
-    let len = (s.tcp_len as u16).to_be_bytes();
-    c.add_word(u32::from_ne_bytes([0, 6, len[0], len[1]]) as u64);
+    };
     c.add(&ip[20..]);
     c.is_valid()
 }
@@ -169,28 +159,39 @@ pub fn verify(frame: &[u8], s: &FastSeg) -> bool {
 /// `payload`.
 #[inline]
 pub fn verify_with_payload_sum(frame: &[u8], s: &FastSeg, payload: Checksum) -> bool {
-    let l3 = s.l3 as usize;
-    let Some(ip) = frame.get(l3..s.payload_offset as usize) else {
+    let Some(ip) = frame.get(s.l3 as usize..s.payload_offset as usize) else {
         return false;
     };
-    if ip.len() < 20 {
+    let Some(mut c) = ipv4_ok_and_pseudo(ip, s) else {
         return false;
+    };
+    // The TCP header is 20 or 32 bytes: the payload starts at an even offset.
+    c.add(&ip[20..]);
+    c.add_sum(payload);
+    c.is_valid()
+}
+
+/// Checks the IPv4 header's checksum (`ip` starts at the IPv4 header, at least 20 bytes) and
+/// returns the TCP checksum's pseudo-header sum: the addresses (the flow key's first word),
+/// zero, protocol, TCP length.
+#[inline(always)]
+fn ipv4_ok_and_pseudo(ip: &[u8], s: &FastSeg) -> Option<Checksum> {
+    if ip.len() < 20 {
+        return None;
     }
+    // IPv4 header: 20 bytes, two words and a half.
     let mut h = Checksum::new();
     h.add_word(u64::from_ne_bytes(arr(ip, 0)));
     h.add_word(u64::from_ne_bytes(arr(ip, 8)));
     h.add_word(u32::from_ne_bytes(arr(ip, 16)) as u64);
     if !h.is_valid() {
-        return false;
+        return None;
     }
     let mut c = Checksum::new();
     c.add_word(s.key.addrs);
     let len = (s.tcp_len as u16).to_be_bytes();
     c.add_word(u32::from_ne_bytes([0, 6, len[0], len[1]]) as u64);
-    // The TCP header is 20 or 32 bytes: the payload starts at an even offset.
-    c.add(&ip[20..]);
-    c.add_sum(payload);
-    c.is_valid()
+    Some(c)
 }
 
 #[cfg(test)]
