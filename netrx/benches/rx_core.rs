@@ -44,7 +44,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use criterion::{Criterion, Throughput};
 use netrx::tcp::{Config as EpConfig, ConnId, DirectReader, Endpoint, Instant as EpInstant};
-use netrx::wire::checksum::update_u32;
+use netrx::wire::checksum::{copy_maybe_sum, update_u32, Checksum as Sum};
 use netrx::wire::tcp::{OptionsOut, TcpFlags};
 use netrx::wire::{build_segment, parse, ChecksumMode, IpPair, ReplyAddrs, SegmentSpec};
 use rand::{Rng, SeedableRng};
@@ -274,10 +274,11 @@ fn netrx_loop(
             ep.consume(now, id, usize::MAX, |seg| {
                 let len = seg.len as usize;
                 let f = &frames[seg.frame as usize];
-                if let Some(dst) = app.room(id, len) {
-                    copy_payload(dst, &f[seg.offset as usize..seg.offset as usize + len]);
-                    app.filled(id, len);
-                }
+                copy_payload(
+                    app.room(len),
+                    &f[seg.offset as usize..seg.offset as usize + len],
+                );
+                app.filled(id, len);
             })
             .unwrap();
             while ep.pop_tx().is_some() {}
@@ -300,13 +301,21 @@ struct App<'a> {
     got: u64,
 }
 
-impl DirectReader for App<'_> {
+impl App<'_> {
+    /// Room for `len` more bytes (rewinding the buffer when full).
     #[inline]
-    fn room(&mut self, _conn: ConnId, len: usize) -> Option<&mut [u8]> {
+    fn room(&mut self, len: usize) -> &mut [u8] {
         if self.off + len > self.buf.len() {
             self.off = 0;
         }
-        self.buf.get_mut(self.off..self.off + len)
+        &mut self.buf[self.off..self.off + len]
+    }
+}
+
+impl DirectReader for App<'_> {
+    #[inline]
+    fn copy_in(&mut self, _conn: ConnId, payload: &[u8], _psh: bool, verify: bool) -> Option<Sum> {
+        Some(copy_maybe_sum(self.room(payload.len()), payload, verify))
     }
     #[inline]
     fn filled(&mut self, _conn: ConnId, len: usize) {

@@ -21,6 +21,7 @@ use std::time::Duration;
 use netrx::tcp::{
     Config, ConnId, DirectReader, Endpoint, EndpointEvent, FrameDisposition, Instant, RxSegment,
 };
+use netrx::wire::checksum::{copy_maybe_sum, Checksum};
 use netrx::wire::tcp::{OptionsOut, TcpFlags};
 use netrx::wire::{self, build_segment, ChecksumMode, IpPair, ReplyAddrs, SegmentSpec};
 use proptest::prelude::*;
@@ -601,14 +602,19 @@ impl Eager {
 }
 
 impl DirectReader for Eager {
-    fn room(&mut self, _conn: ConnId, len: usize) -> Option<&mut [u8]> {
+    fn copy_in(
+        &mut self,
+        _conn: ConnId,
+        payload: &[u8],
+        _psh: bool,
+        verify: bool,
+    ) -> Option<Checksum> {
         if !self.take {
             return None;
         }
-        // Garbage where the payload goes: a failed checksum must not leave it "delivered".
         self.buf.clear();
-        self.buf.resize(len + 3, 0xa5);
-        Some(&mut self.buf)
+        self.buf.resize(payload.len(), 0xa5);
+        Some(copy_maybe_sum(&mut self.buf, payload, verify))
     }
     fn filled(&mut self, conn: ConnId, len: usize) {
         let b = std::mem::take(&mut self.buf);

@@ -7,7 +7,7 @@ use super::conn::{Conn, Io, Outcome, Released};
 use super::reasm::SegRef;
 use super::timers::{earliest, Instant};
 use super::{Config, ConnId, ConnInfo, FrameId, State, TcpError};
-use crate::wire::checksum::copy_and_sum;
+use crate::wire::checksum::Checksum;
 use crate::wire::fast::{self, FlowBytes};
 use crate::wire::tcp::{OptionsOut, TcpFlags};
 use crate::wire::{
@@ -59,13 +59,21 @@ impl RxSegment {
 /// (the kernel's `csum_and_copy` into a waiting reader's iovec, `tcp_copy_to_iovec` under the
 /// old `ucopy`). The frame is then free at once: no queue entry, no `read`, no `release`.
 pub trait DirectReader {
-    /// Where `len` bytes of `conn`'s stream, the next ones after everything it has read, go if
-    /// the reader wants them now (a slice of at least `len` bytes); `None` queues them as usual.
-    /// After a `room` without a matching [`DirectReader::filled`] (the segment failed its
-    /// checksum), the bytes of that room are unspecified.
-    fn room(&mut self, conn: ConnId, len: usize) -> Option<&mut [u8]>;
-    /// The first `len` bytes of the last room are the stream's next bytes (verified, in order,
-    /// and counted as received and read).
+    /// Copies `payload`, the next bytes of `conn`'s stream after everything the reader has, into
+    /// its buffer if it wants them now; `None` declines (they are queued as usual). With
+    /// `verify`, the copy sums as it goes ([`crate::wire::checksum::copy_and_sum`]) and returns
+    /// the payload's sum; without, the sum is not looked at. The bytes are not the reader's
+    /// until [`DirectReader::filled`]: after a `copy_in` without it (the segment failed its
+    /// checksum) they are garbage to be overwritten.
+    fn copy_in(
+        &mut self,
+        conn: ConnId,
+        payload: &[u8],
+        psh: bool,
+        verify: bool,
+    ) -> Option<Checksum>;
+    /// The bytes of the last `copy_in` are the stream's (verified, in order, and counted as
+    /// received and read).
     fn filled(&mut self, conn: ConnId, len: usize);
 }
 
@@ -431,16 +439,12 @@ impl Endpoint {
         let Some(src) = bytes.get(at..at + len) else {
             return false;
         };
-        let Some(dst) = reader.room(c.id, len).and_then(|d| d.get_mut(..len)) else {
+        let verify = self.cfg.checksum == ChecksumMode::Verify;
+        let Some(sum) = reader.copy_in(c.id, src, s.psh(), verify) else {
             return false;
         };
-        if self.cfg.checksum == ChecksumMode::Verify {
-            let sum = copy_and_sum(dst, src);
-            if !fast::verify_with_payload_sum(bytes, &s, sum) {
-                return false;
-            }
-        } else {
-            dst.copy_from_slice(src);
+        if verify && !fast::verify_with_payload_sum(bytes, &s, sum) {
+            return false;
         }
         let (cfg, tx, released) = (&self.cfg, &mut self.tx, &mut self.released);
         let batch_ack = c.fast_apply(&s, None, truesize, now, cfg, || Io {

@@ -153,6 +153,18 @@ pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> Checksum {
     c
 }
 
+/// [`copy_and_sum`] when `sum`, else a plain copy (and an empty sum): what a
+/// [`crate::tcp::DirectReader`] does with the payload it takes.
+#[inline]
+pub fn copy_maybe_sum(dst: &mut [u8], src: &[u8], sum: bool) -> Checksum {
+    if sum {
+        copy_and_sum(dst, src)
+    } else {
+        dst.copy_from_slice(src);
+        Checksum::new()
+    }
+}
+
 /// `a + b + c` and the carry out (`u64::carrying_add`, which is newer than our MSRV). Written
 /// this way (`|`, the incoming carry added second), LLVM turns a run of them into one `adc`
 /// chain.
