@@ -24,7 +24,15 @@ proptest! {
 #[test]
 fn directed_long_streams() {
     use fuzz_ops::{At, Iss, Op, Scenario, Setup};
-    for (v6_mask, switches) in [(0u16, 0u16), (0xffff, 0), (0x5555, 0x10), (0xaaaa, 0x1ff)] {
+    // Bit 11 (0x800): the application waits with a buffer (direct delivery).
+    for (v6_mask, switches) in [
+        (0u16, 0u16),
+        (0xffff, 0),
+        (0x5555, 0x10),
+        (0xaaaa, 0x1ff),
+        (0, 0x800),
+        (0xaaaa, 0x8c0),
+    ] {
         let setup = Setup {
             peers: 15,
             v6_mask,
@@ -84,5 +92,6 @@ fn directed_long_streams() {
         if v6_mask != 0 {
             assert!(st.v6_bytes > 0);
         }
+        assert_eq!(st.direct_bytes > 0, switches & 0x800 != 0, "{st:?}");
     }
 }

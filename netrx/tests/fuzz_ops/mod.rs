@@ -26,7 +26,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use netrx::tcp::{Config, ConnId, Endpoint, EndpointEvent, FrameDisposition, Instant, RxSegment};
+use netrx::tcp::{
+    Config, ConnId, DirectReader, Endpoint, EndpointEvent, FrameDisposition, Instant, RxSegment,
+};
+use netrx::wire::checksum::{copy_maybe_sum, Checksum};
 use netrx::wire::tcp::{OptionsOut, TcpFlags};
 use netrx::wire::{self, build_segment, ChecksumMode, IpPair, ReplyAddrs, SegmentSpec};
 
@@ -70,7 +73,9 @@ pub struct Setup {
     /// Bits turn off: 0 SACK, 1 timestamps, 2 window scaling, 3 batch ACKs, 4 fast path,
     /// 5 SYN cookies, 6 D-SACK, 7 SACK compression; bit 8 sets MTU 1280; bit 9 gives the
     /// endpoint a small frame pool (pool-wide memory pressure: pruning, the reserve); bit 10
-    /// caps connections at 4 with idle reclaim after 1 s.
+    /// caps connections at 4 with idle reclaim after 1 s; bit 11 makes the application wait
+    /// with a buffer (`Endpoint::on_frame_into`: in-order data straight to it, three offers in
+    /// four taken).
     pub switches: u16,
 }
 
@@ -288,6 +293,8 @@ pub struct RunStats {
     pub max_offset: u64,
     pub wrapped: bool,
     pub v6_bytes: u64,
+    /// Bytes delivered straight to the waiting application (switch bit 11).
+    pub direct_bytes: u64,
 }
 
 pub struct Interp {
@@ -301,7 +308,39 @@ pub struct Interp {
     tracks: Vec<Track>,
     pieces: Vec<RxSegment>,
     reactions: Vec<usize>,
+    /// Switch bit 11: frames go through `on_frame_into` with this reader.
+    direct: Option<Taker>,
     pub stats: RunStats,
+}
+
+/// The waiting application of switch bit 11: takes what it is offered (three offers in four)
+/// and keeps what it was handed for the oracle.
+#[derive(Default)]
+struct Taker {
+    take: bool,
+    buf: Vec<u8>,
+    got: Option<(ConnId, Vec<u8>)>,
+}
+
+impl DirectReader for Taker {
+    fn copy_in(
+        &mut self,
+        _conn: ConnId,
+        payload: &[u8],
+        _psh: bool,
+        verify: bool,
+    ) -> Option<Checksum> {
+        if !self.take {
+            return None;
+        }
+        self.buf.clear();
+        self.buf.resize(payload.len(), 0);
+        Some(copy_maybe_sum(&mut self.buf, payload, verify))
+    }
+    fn filled(&mut self, conn: ConnId, len: usize) {
+        assert!(self.got.is_none(), "one delivery per frame");
+        self.got = Some((conn, self.buf[..len].to_vec()));
+    }
 }
 
 fn cfg_of(s: &Setup) -> Config {
@@ -410,6 +449,7 @@ impl Interp {
             tracks: Vec::new(),
             pieces: Vec::new(),
             reactions: Vec::new(),
+            direct: (s.switches & (1 << 11) != 0).then(Taker::default),
             stats: RunStats::default(),
         }
     }
@@ -495,9 +535,17 @@ impl Interp {
         let id = self.next_frame;
         self.next_frame += 1;
         self.stats.frames += 1;
-        let d = self.ep.on_frame(self.now, id, &buf, self.truesize);
+        let d = match self.direct.as_mut() {
+            Some(r) => {
+                r.take = id % 4 != 0;
+                self.ep.on_frame_into(self.now, id, &buf, self.truesize, r)
+            }
+            None => self.ep.on_frame(self.now, id, &buf, self.truesize),
+        };
+        let direct = self.direct.as_mut().and_then(|r| r.got.take());
         let after = self.ep.stats();
         if corrupt.is_some() {
+            assert!(direct.is_none(), "a corrupted frame was delivered");
             self.stats.corrupted += 1;
             assert_eq!(d, FrameDisposition::Free, "a corrupted frame was held");
             assert_eq!(
@@ -516,6 +564,33 @@ impl Interp {
             after.parse_errors, before.parse_errors,
             "a valid frame failed to parse"
         );
+        if let Some((conn, bytes)) = direct {
+            // Delivered straight to the application: the frame's payload, checked as a piece.
+            assert_eq!(d, FrameDisposition::Free, "a delivered frame was held");
+            assert_eq!(
+                &bytes[..],
+                &buf[n - len..n],
+                "delivered bytes are the payload"
+            );
+            let ti = self
+                .track_of(conn)
+                .expect("delivered to a connection the application accepted");
+            self.frames.insert(
+                id,
+                FrameRec {
+                    bytes: buf.clone(),
+                    peer: k,
+                    inc,
+                    seq,
+                    payload_off: n - len,
+                    payload_len: len,
+                },
+            );
+            let at = self.tracks[ti].next_read;
+            self.check_bytes(ti, conn, id, (n - len) as u32, len as u32, at);
+            self.stats.direct_bytes += len as u64;
+            self.frames.remove(&id);
+        }
         if d == FrameDisposition::Held {
             self.frames.insert(
                 id,
@@ -722,33 +797,54 @@ impl Interp {
 
     /// Checks a piece `read` returned against what was sent.
     fn check_piece(&mut self, ti: usize, seg: &RxSegment) {
+        self.check_bytes(
+            ti,
+            seg.conn,
+            seg.frame,
+            seg.offset,
+            seg.len,
+            seg.stream_offset,
+        );
+    }
+
+    /// Checks that `len` bytes at `offset` of held frame `frame`, delivered to `conn` at
+    /// `stream_offset`, continue the stream the peer sent.
+    fn check_bytes(
+        &mut self,
+        ti: usize,
+        conn: ConnId,
+        frame: u64,
+        offset: u32,
+        len: u32,
+        stream_offset: u64,
+    ) {
         let t = &self.tracks[ti];
-        assert_eq!(seg.conn, t.id);
+        assert_eq!(conn, t.id);
         assert_eq!(
-            seg.stream_offset, t.next_read,
+            stream_offset, t.next_read,
             "pieces must continue the stream without gaps or overlaps"
         );
         let rec = self
             .frames
-            .get(&seg.frame)
+            .get(&frame)
             .expect("a piece of a frame the endpoint does not hold");
         assert_eq!(
             (rec.peer, rec.inc),
             (t.peer, t.inc),
             "a piece of another peer's frame"
         );
-        let (off, len) = (seg.offset as usize, seg.len as usize);
+        let (off, len) = (offset as usize, len as usize);
         assert!(len > 0, "empty piece");
         assert!(
             off >= rec.payload_off && off + len <= rec.payload_off + rec.payload_len,
             "piece outside the frame's payload"
         );
         let seq = rec.seq.wrapping_add((off - rec.payload_off) as u32);
-        let derived = seq.wrapping_sub(seg.stream_offset as u32);
+        let derived = seq.wrapping_sub(stream_offset as u32);
         let p = &self.peers[t.peer];
         let base = match t.base {
             Some(b) => b,
-            None if seg.stream_offset == 0 && !(p.tainted && t.inc == p.inc) => {
+            None if stream_offset == 0 && !(p.tainted && t.inc == p.inc) => {
                 // A connection of a handshake starts right after the peer's ISN.
                 let iss = self.incs[&(t.peer, t.inc)];
                 iss.wrapping_add(1)
@@ -757,23 +853,23 @@ impl Interp {
         };
         assert_eq!(derived, base, "piece at the wrong stream position");
         for (i, &b) in rec.bytes[off..off + len].iter().enumerate() {
-            let s = base.wrapping_add(seg.stream_offset as u32 + i as u32);
+            let s = base.wrapping_add(stream_offset as u32 + i as u32);
             assert_eq!(
                 b,
                 byte_at(t.peer, t.inc, s),
                 "delivered byte differs from sent"
             );
         }
-        if u64::from(base) + seg.stream_offset + u64::from(seg.len) > 1 << 32 {
+        if u64::from(base) + stream_offset + len as u64 > 1 << 32 {
             self.stats.wrapped = true;
         }
-        self.stats.bytes_delivered += seg.len as u64;
+        self.stats.bytes_delivered += len as u64;
         if p.v6 {
-            self.stats.v6_bytes += seg.len as u64;
+            self.stats.v6_bytes += len as u64;
         }
         let t = &mut self.tracks[ti];
         t.base = Some(base);
-        t.next_read += seg.len as u64;
+        t.next_read += len as u64;
     }
 
     fn read(&mut self, ti: usize, max: usize) -> Option<RxSegment> {
