@@ -22,14 +22,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use crate::copy::{
-    Copier, CopyEngine, CopyError, CopyStats, Event as CopyEvent, FrameId as HoldId, MemRef,
-    RecvRequest, RegionId, RegionMemory, Segment, StreamId,
+    region_bytes, Copier, CopyEngine, CopyError, CopyStats, Event as CopyEvent, FrameId as HoldId,
+    MemRef, RecvRequest, RegionId, RegionMemory, Segment, StreamId,
 };
 use crate::tcp::{
-    ConnError, ConnId, Endpoint, EndpointEvent, FrameDisposition, Instant, RxSegment,
+    ConnError, ConnId, DirectReader, Endpoint, EndpointEvent, FrameDisposition, Instant, RxSegment,
 };
-use crate::wire::TxFrame;
+use crate::wire::{Checksum, TxFrame};
 
 /// A UMEM address: the frame handle from the RX ring, through the TCP endpoint and the copy
 /// engine, to the fill ring. For a multi-buffer (XDP_USE_SG) packet, the address of its first
@@ -55,6 +57,12 @@ pub struct CoreConfig {
     pub umem: RegionId,
     /// Size of one UMEM chunk: what one descriptor costs against rcvbuf (its truesize).
     pub chunk_size: u32,
+    /// Direct delivery: an in-order segment a waiting receive takes by CPU copy is copied
+    /// from the frame straight into its buffer while its checksum is verified in the same
+    /// pass (`tcp::Endpoint::on_frame_into`, `Copier::direct_copy_in`); the frame goes back to
+    /// the fill ring at once. Single-buffer frames only. It pays with
+    /// `CopierConfig::batch_completions`, which keeps a receive waiting through the batch.
+    pub direct_delivery: bool,
 }
 
 /// A request from an application thread.
@@ -156,6 +164,35 @@ struct StreamCtx<B> {
     watched: bool,
 }
 
+/// The waiting receives of a core's streams, as the endpoint's [`DirectReader`].
+struct Direct<'a, E: CopyEngine> {
+    copier: &'a mut Copier<E>,
+    by_conn: &'a HashMap<ConnId, u32>,
+    /// PSH of the segment being copied in.
+    psh: bool,
+}
+
+impl<E: CopyEngine> DirectReader for Direct<'_, E> {
+    fn copy_in(
+        &mut self,
+        conn: ConnId,
+        payload: &[u8],
+        psh: bool,
+        verify: bool,
+    ) -> Option<Checksum> {
+        let sid = *self.by_conn.get(&conn)?;
+        self.psh = psh;
+        self.copier
+            .direct_copy_in(StreamId(sid), payload, psh, verify)
+    }
+
+    fn filled(&mut self, conn: ConnId, len: usize) {
+        if let Some(&sid) = self.by_conn.get(&conn) {
+            self.copier.direct_filled(StreamId(sid), len, self.psh);
+        }
+    }
+}
+
 /// A segment handed to the copier in one or more pieces (one per descriptor it spans).
 struct SegEntry {
     seg: RxSegment,
@@ -167,6 +204,9 @@ pub struct RxCore<E: CopyEngine, B> {
     cfg: CoreConfig,
     ep: Endpoint,
     copier: Copier<E>,
+    /// The UMEM's memory, held here too so that a received frame can be read while the
+    /// copier copies out of it (direct delivery).
+    umem: Option<Arc<dyn RegionMemory>>,
     streams: HashMap<u32, StreamCtx<B>>,
     by_conn: HashMap<ConnId, u32>,
     /// Segments out with the copier, by hold token (slot index << 8 | piece).
@@ -189,10 +229,12 @@ impl<E: CopyEngine, B> RxCore<E, B> {
     /// A core over an endpoint (already listening on `cfg.port`) and a copier whose regions
     /// include the UMEM as `cfg.umem`.
     pub fn new(cfg: CoreConfig, ep: Endpoint, copier: Copier<E>) -> Self {
+        let umem = copier.regions().memory(cfg.umem).ok();
         Self {
             cfg,
             ep,
             copier,
+            umem,
             streams: HashMap::new(),
             by_conn: HashMap::new(),
             segs: Vec::new(),
@@ -257,13 +299,28 @@ impl<E: CopyEngine, B> RxCore<E, B> {
         self.stats.packets += 1;
         let umem = self.cfg.umem;
         let n = descs.len() as u32;
-        let regions = self.copier.regions();
-        let disp = if n == 1 {
-            match regions.bytes(MemRef::new(umem, head.addr.0 as usize), head.len as usize) {
+        let at = MemRef::new(umem, head.addr.0 as usize);
+        let disp = if n == 1 && self.cfg.direct_delivery && self.umem.is_some() {
+            let mem = self.umem.as_deref().expect("checked");
+            match region_bytes(mem, at, head.len as usize) {
+                Ok(b) => {
+                    let mut reader = Direct {
+                        copier: &mut self.copier,
+                        by_conn: &self.by_conn,
+                        psh: false,
+                    };
+                    self.ep
+                        .on_frame_into(now, head.addr.0, b, self.cfg.chunk_size, &mut reader)
+                }
+                Err(_) => FrameDisposition::Free,
+            }
+        } else if n == 1 {
+            match self.copier.regions().bytes(at, head.len as usize) {
                 Ok(b) => self.ep.on_frame(now, head.addr.0, b, self.cfg.chunk_size),
                 Err(_) => FrameDisposition::Free,
             }
         } else {
+            let regions = self.copier.regions();
             self.stats.multi_packets += 1;
             self.scratch.clear();
             let mut ok = true;

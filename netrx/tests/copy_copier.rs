@@ -18,12 +18,22 @@ struct Rig<E: CopyEngine> {
 }
 
 fn rig_with<E: CopyEngine>(policy: PolicyConfig, engine: E, rcvbuf: usize) -> Rig<E> {
+    rig_cfg(policy, engine, rcvbuf, |_| {})
+}
+
+fn rig_cfg<E: CopyEngine>(
+    policy: PolicyConfig,
+    engine: E,
+    rcvbuf: usize,
+    tune: impl FnOnce(&mut CopierConfig),
+) -> Rig<E> {
     let mut mem = Regions::new();
     let frames = mem.add(Arc::new(HeapRegion::new(256 * FRAME)), true);
     let plain = mem.add(Arc::new(HeapRegion::new(1 << 20)), false);
     let pool = BufferPool::heap(&mut mem, 4, 1 << 20);
     let mut cfg = CopierConfig::new(policy);
     cfg.dma_timeout_ns = 50_000;
+    tune(&mut cfg);
     let mut c = Copier::new(cfg, engine, mem, Box::new(ManualClock::default()));
     let s = c.open_stream(rcvbuf);
     Rig {
@@ -692,4 +702,47 @@ fn api_errors_name_the_fix() {
         ..seg
     };
     assert!(matches!(r.c.on_segment(r.s, bad), Err(CopyError::Mem(_))));
+}
+
+/// `CopierConfig::batch_completions`: a receive that reached rcvlowat keeps taking the batch's
+/// data and completes at the flush, as one receive; without it, it completes at once.
+#[test]
+fn batch_completions_complete_at_the_flush() {
+    for batch in [false, true] {
+        let mut r = rig_cfg(
+            PolicyConfig::new(PolicyKind::Cpu),
+            NullEngine::new(NullConfig::default()),
+            250_000,
+            |c| c.batch_completions = batch,
+        );
+        let dst = r.post(RecvRequest::new(1 << 16));
+        for _ in 0..3 {
+            r.send(1000, false);
+        }
+        let ev = r.events();
+        if batch {
+            assert_eq!(done(&ev), None, "not before the flush");
+            r.c.flush();
+            let (len, at) = done(&r.events()).expect("completed at the flush");
+            assert_eq!(len, 3000, "the whole batch in one receive");
+            assert_eq!(r.read(at, len), r.sent[..len]);
+        } else {
+            assert_eq!(
+                done(&ev),
+                Some((1000, dst)),
+                "completed at the first placement"
+            );
+            assert_eq!(r.c.queued(r.s), 2000, "the rest waits for the next receive");
+        }
+    }
+    // A full buffer completes at once either way.
+    let mut r = rig_cfg(
+        PolicyConfig::new(PolicyKind::Cpu),
+        NullEngine::new(NullConfig::default()),
+        250_000,
+        |c| c.batch_completions = true,
+    );
+    r.post(RecvRequest::new(1000));
+    r.send(1000, false);
+    assert_eq!(done(&r.events()).map(|d| d.0), Some(1000));
 }

@@ -90,6 +90,7 @@ impl HashQueue {
                 rcvbuf,
                 umem,
                 chunk_size,
+                direct_delivery: true,
             },
             ep,
             copier,

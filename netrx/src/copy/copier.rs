@@ -126,6 +126,11 @@ pub struct CopierConfig {
     /// 1448-byte copy cost about a tenth of the receive core); the sampled copy times are
     /// scaled up in `copy_ns`, so the stats stay unbiased. 1: time every one.
     pub time_every: u32,
+    /// A receive that reached its rcvlowat target stays posted until [`Copier::flush`] (the end
+    /// of the poller's batch) and takes the rest of the batch's data that fits, as one
+    /// completion: fewer, larger receives (GRO's aggregation for the reader), and a reader that
+    /// is still waiting when the batch's next segment arrives. A full buffer completes at once.
+    pub batch_completions: bool,
 }
 
 impl CopierConfig {
@@ -134,6 +139,7 @@ impl CopierConfig {
             policy,
             dma_timeout_ns: 10_000_000,
             time_every: 8,
+            batch_completions: false,
         }
     }
 }
@@ -160,6 +166,9 @@ struct Posted {
     ops: usize,
     /// No more bytes go in; finishes when `ops == 0`.
     done: bool,
+    /// The rcvlowat target was reached; completes at the next flush
+    /// (`CopierConfig::batch_completions`).
+    lowat_met: bool,
 }
 
 impl Posted {
@@ -223,6 +232,8 @@ pub struct Copier<E: CopyEngine> {
     stats: CopyStats,
     events: Vec<Event>,
     scratch: Vec<EngineCompletion>,
+    /// Streams whose receive completes at the next flush.
+    lowat_pending: Vec<StreamId>,
 }
 
 impl<E: CopyEngine> Copier<E> {
@@ -248,6 +259,7 @@ impl<E: CopyEngine> Copier<E> {
             stats: CopyStats::default(),
             events: Vec::new(),
             scratch: Vec::new(),
+            lowat_pending: Vec::new(),
         }
     }
 
@@ -404,6 +416,7 @@ impl<E: CopyEngine> Copier<E> {
             copied: 0,
             ops: 0,
             done: closed,
+            lowat_met: false,
         });
         if req.peek {
             self.try_peek(s)?;
@@ -428,18 +441,7 @@ impl<E: CopyEngine> Copier<E> {
         if st.closed {
             return Err(CopyError::Closed(s));
         }
-        self.arrivals.0 += 1;
-        self.arrivals.1 += seg.len;
-        if self.arrivals.0 >= self.cfg.time_every.max(1) || self.last_arrival_ns.is_none() {
-            let now = self.clock.now_ns();
-            if let Some(prev) = self.last_arrival_ns {
-                self.policy
-                    .model_mut()
-                    .record_arrival(self.arrivals.1, now.saturating_sub(prev));
-            }
-            self.last_arrival_ns = Some(now);
-            self.arrivals = (0, 0);
-        }
+        self.note_arrival(seg.len);
         if seg.len == 0 {
             return Ok(());
         }
@@ -496,6 +498,76 @@ impl<E: CopyEngine> Copier<E> {
             self.check_wakeup(s, placed_psh);
         }
         Ok(())
+    }
+
+    /// One segment of `len` bytes arrived (the cost model's arrival rate, timed one in
+    /// `time_every`).
+    fn note_arrival(&mut self, len: usize) {
+        self.arrivals.0 += 1;
+        self.arrivals.1 += len;
+        if self.arrivals.0 >= self.cfg.time_every.max(1) || self.last_arrival_ns.is_none() {
+            let now = self.clock.now_ns();
+            if let Some(prev) = self.last_arrival_ns {
+                self.policy
+                    .model_mut()
+                    .record_arrival(self.arrivals.1, now.saturating_sub(prev));
+            }
+            self.last_arrival_ns = Some(now);
+            self.arrivals = (0, 0);
+        }
+    }
+
+    /// Direct delivery (`tcp::Endpoint::on_frame_into`): copies an in-order `payload` of `s`
+    /// straight from the received frame into the posted receive, when a reader waits (not
+    /// peeking), nothing of `s` is queued and the policy places such a segment by CPU now
+    /// (what [`Copier::on_segment`] would do with it); with `verify` the copy sums as it goes.
+    /// Returns the payload's sum, or `None` (then nothing changed: the segment takes the usual
+    /// path). The bytes count only after [`Copier::direct_filled`] (the endpoint verified them).
+    pub fn direct_copy_in(
+        &mut self,
+        s: StreamId,
+        payload: &[u8],
+        psh: bool,
+        verify: bool,
+    ) -> Option<crate::wire::Checksum> {
+        let chan = self.chan();
+        let st = self.streams.get(s.0 as usize)?;
+        if st.closed || !st.queue.is_empty() {
+            return None;
+        }
+        let p = st.posted.as_ref().filter(|p| !p.done && !p.req.peek)?;
+        let view = SegmentView {
+            len: payload.len(),
+            psh,
+            in_order: true,
+            csum_ok: true,
+        };
+        let dst = p.dst.plus(p.copied);
+        if self.policy.place(&view, Some(&p.view()), &chan) != Decision::CpuCopyNow {
+            return None;
+        }
+        self.mem.write_maybe_sum(dst, payload, verify).ok()
+    }
+
+    /// The bytes of the last [`Copier::direct_copy_in`] of `s` are the stream's: counted as a
+    /// CPU copy (not timed: the copy was fused with the checksum), and the reader is woken as
+    /// after any placement.
+    pub fn direct_filled(&mut self, s: StreamId, len: usize, psh: bool) {
+        self.note_arrival(len);
+        let Some(p) = self
+            .streams
+            .get_mut(s.0 as usize)
+            .and_then(|st| st.posted.as_mut())
+        else {
+            return;
+        };
+        p.copied += len;
+        self.count(s, |c| {
+            c.count_decision(Decision::CpuCopyNow);
+            c.bytes_cpu += len as u64;
+            c.direct_bytes += len as u64;
+        });
+        self.check_wakeup(s, psh);
     }
 
     /// Places `len` bytes at `src` into the posted buffer of `s` (by CPU or DMA).
@@ -629,6 +701,19 @@ impl<E: CopyEngine> Copier<E> {
         else {
             return;
         };
+        if p.lowat_met && reason != Wakeup::Full {
+            // Already reported; it completes at the flush.
+            return;
+        }
+        if reason == Wakeup::Lowat && self.cfg.batch_completions {
+            self.count(s, |c| c.count_wakeup(reason));
+            self.events.push(Event::Wakeup { stream: s, reason });
+            if let Some(p) = self.streams[s.0 as usize].posted.as_mut() {
+                p.lowat_met = true;
+            }
+            self.lowat_pending.push(s);
+            return;
+        }
         self.count(s, |c| c.count_wakeup(reason));
         self.events.push(Event::Wakeup { stream: s, reason });
         if reason.completes() {
@@ -757,6 +842,20 @@ impl<E: CopyEngine> Copier<E> {
     pub fn flush(&mut self) {
         self.submit_pending();
         self.doorbell();
+        let mut pending = std::mem::take(&mut self.lowat_pending);
+        for s in pending.drain(..) {
+            let Some(p) = self
+                .streams
+                .get_mut(s.0 as usize)
+                .and_then(|st| st.posted.as_mut())
+                .filter(|p| p.lowat_met && !p.done)
+            else {
+                continue;
+            };
+            p.done = true;
+            self.maybe_finish(s);
+        }
+        self.lowat_pending = pending;
     }
 
     fn redo_by_cpu(&mut self, op: &OpInfo, after_dma: bool) {

@@ -55,6 +55,8 @@ pub enum MemError {
     },
     #[error("region {0:?} has no device address; map it for DMA (Regions::set_iova) before using a DMA engine")]
     NotMapped(RegionId),
+    #[error("the destination in region {0:?} overlaps the source; post receive buffers outside the UMEM")]
+    Overlap(RegionId),
 }
 
 /// Memory that can be registered as a region.
@@ -69,6 +71,26 @@ pub unsafe trait RegionMemory: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// [`Regions::bytes`] on a region's memory held directly (`mem` is region `at.region`): a shell
+/// that keeps the UMEM's `Arc` borrows received frames without borrowing the copier.
+pub fn region_bytes(mem: &dyn RegionMemory, at: MemRef, len: usize) -> Result<&[u8], MemError> {
+    let size = mem.len();
+    match at.offset.checked_add(len) {
+        Some(end) if end <= size => {}
+        _ => {
+            return Err(MemError::OutOfBounds {
+                region: at.region,
+                offset: at.offset,
+                len,
+                size,
+            })
+        }
+    }
+    // SAFETY: offset + len <= size of a live allocation that outlives the borrow of `mem`
+    // (RegionMemory's contract); the caller owns the range, so nothing writes it meanwhile.
+    Ok(unsafe { std::slice::from_raw_parts(mem.as_ptr().add(at.offset), len) })
 }
 
 /// Plain heap memory (page-aligned, zeroed), for tests and for the CPU engine.
@@ -258,10 +280,7 @@ impl Regions {
     /// The caller must own the range: no device or kernel writes it while the borrow lives
     /// (for the UMEM: a frame taken from the RX ring and not yet given back to the fill ring).
     pub fn bytes(&self, at: MemRef, len: usize) -> Result<&[u8], MemError> {
-        let p = self.resolve(at, len)?;
-        // SAFETY: bounds-checked against a live allocation that outlives `self` (RegionMemory's
-        // contract); the caller owns the range, so nothing writes it during the borrow.
-        Ok(unsafe { std::slice::from_raw_parts(p, len) })
+        region_bytes(&*self.entry(at.region)?.mem, at, len)
     }
 
     /// Copies bytes out of a region.
@@ -278,6 +297,27 @@ impl Regions {
         // SAFETY: bounds-checked; `data` is a distinct Rust allocation, so they cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), d, data.len()) };
         Ok(())
+    }
+
+    /// Copies `data` into a region and, with `sum`, sums it in the same pass (the fused copy
+    /// and checksum of a direct delivery, [`crate::wire::checksum::copy_maybe_sum`]). `data`
+    /// must not overlap the destination (it is refused if it does).
+    pub fn write_maybe_sum(
+        &self,
+        dst: MemRef,
+        data: &[u8],
+        sum: bool,
+    ) -> Result<crate::wire::Checksum, MemError> {
+        let d = self.resolve(dst, data.len())?;
+        let (a, b) = (d as usize, data.as_ptr() as usize);
+        if a < b + data.len() && b < a + data.len() {
+            return Err(MemError::Overlap(dst.region));
+        }
+        // SAFETY: bounds-checked against a live allocation; the range does not overlap `data`
+        // (checked above), and the copier owns it (a posted receive's buffer: no device, DMA
+        // engine or other reference touches it during this call).
+        let out = unsafe { std::slice::from_raw_parts_mut(d, data.len()) };
+        Ok(crate::wire::checksum::copy_maybe_sum(out, data, sum))
     }
 
     /// Fills bytes of a region with one value.

@@ -25,7 +25,9 @@ pub use engine::{
     CopyEngine, CopyOp, CpuEngine, EngineCompletion, EngineError, FaultPlan, NullConfig, NullEngine,
 };
 pub use ioat::IoatEngine;
-pub use mem::{BufId, BufferPool, HeapRegion, MemError, MemRef, RegionId, RegionMemory, Regions};
+pub use mem::{
+    region_bytes, BufId, BufferPool, HeapRegion, MemError, MemRef, RegionId, RegionMemory, Regions,
+};
 pub use policy::{
     ChannelView, CostModel, Decision, NoDma, Policy, PolicyConfig, PolicyKind, ReaderView,
     RecvRequest, SegmentView, Wakeup, NETDMA_DEFAULT_COPYBREAK,

@@ -11,6 +11,9 @@ pub struct CopyStats {
     pub bytes_dma: u64,
     /// Bytes copied again by CPU after a DMA op failed or was aborted (part of `bytes_cpu`).
     pub bytes_redo: u64,
+    /// Bytes copied by the CPU straight from the received frame while the endpoint verified
+    /// their checksum in the same pass (direct delivery; part of `bytes_cpu`).
+    pub direct_bytes: u64,
     /// DMA ops (descriptors) completed successfully.
     pub dma_ops: u64,
     /// Doorbells rung (one per descriptor chain).
@@ -96,6 +99,7 @@ impl CopyStats {
         self.bytes_cpu += o.bytes_cpu;
         self.bytes_dma += o.bytes_dma;
         self.bytes_redo += o.bytes_redo;
+        self.direct_bytes += o.direct_bytes;
         self.dma_ops += o.dma_ops;
         self.doorbells += o.doorbells;
         self.dma_errors += o.dma_errors;

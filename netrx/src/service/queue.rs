@@ -156,6 +156,9 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
         pcfg.copybreak = cfg.copybreak;
         let mut ccfg = CopierConfig::new(pcfg);
         ccfg.dma_timeout_ns = cfg.dma_timeout.as_nanos() as u64;
+        // Receives complete once per RX batch, and a waiting receive takes the batch's
+        // in-order data straight from the frames (`direct_delivery` below).
+        ccfg.batch_completions = true;
         let copier = Copier::new(ccfg, engine, mem, Box::new(MonotonicClock::default()));
         let chunk_size = sock.config().frame_size;
         // The frames RX can hold: the UMEM minus those kept for TX.
@@ -181,6 +184,7 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
                 rcvbuf: cfg.rcvbuf,
                 umem: UMEM_REGION,
                 chunk_size,
+                direct_delivery: true,
             },
             ep,
             copier,
