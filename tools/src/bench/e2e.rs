@@ -119,6 +119,9 @@ pub struct Row {
     pub mean_rx_batch: Option<f64>,
     /// Application wakeups (completed receives) per MB received.
     pub wakeups_per_mb: Option<f64>,
+    /// Share of the bytes copied straight from the frame into a waiting receive, with the
+    /// checksum verified in the same pass (direct delivery; JSON only).
+    pub direct_share: Option<f64>,
     /// CPU of the receive threads / wall time, % of one core (median).
     pub rx_cpu_pct: f64,
     /// Busy CPU seconds of the whole machine per GB received (all runs summed).
@@ -177,6 +180,12 @@ pub fn aggregate(mtu: u32, window: usize, name: &str, s: &[Sample]) -> Row {
         .collect();
     let wakeups_per_mb = (!recvs.is_empty() && bytes > 0)
         .then(|| recvs.iter().sum::<u64>() as f64 / (bytes as f64 / 1e6));
+    let direct: Vec<u64> = s
+        .iter()
+        .filter_map(|x| x.run.copy.as_ref().map(|c| c.direct_bytes))
+        .collect();
+    let direct_share =
+        (!direct.is_empty() && bytes > 0).then(|| direct.iter().sum::<u64>() as f64 / bytes as f64);
     Row {
         mtu,
         window,
@@ -192,6 +201,7 @@ pub fn aggregate(mtu: u32, window: usize, name: &str, s: &[Sample]) -> Row {
         tx_kicks_per_segment: kicks,
         mean_rx_batch: batch,
         wakeups_per_mb,
+        direct_share,
         rx_cpu_pct: median(s.iter().map(|x| x.run.rx_cpu_pct).collect()),
         machine_cpu_s_per_gb: if bytes > 0 {
             busy / (bytes as f64 / 1e9)

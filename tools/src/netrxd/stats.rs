@@ -44,6 +44,7 @@ copy_counters!(
     bytes_cpu,
     bytes_dma,
     bytes_redo,
+    direct_bytes,
     dma_ops,
     doorbells,
     dma_errors,
