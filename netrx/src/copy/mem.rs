@@ -76,6 +76,15 @@ pub unsafe trait RegionMemory: Send + Sync {
 /// [`Regions::bytes`] on a region's memory held directly (`mem` is region `at.region`): a shell
 /// that keeps the UMEM's `Arc` borrows received frames without borrowing the copier.
 pub fn region_bytes(mem: &dyn RegionMemory, at: MemRef, len: usize) -> Result<&[u8], MemError> {
+    let p = host_ptr(mem, at, len)?;
+    // SAFETY: `len` bytes at `p` lie inside a live allocation that outlives the borrow of `mem`
+    // (RegionMemory's contract); the caller owns the range, so nothing writes it meanwhile.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Checks that `len` bytes at `at.offset` lie inside `mem` (region `at.region`); returns the host
+/// pointer of the first.
+fn host_ptr(mem: &dyn RegionMemory, at: MemRef, len: usize) -> Result<*mut u8, MemError> {
     let size = mem.len();
     match at.offset.checked_add(len) {
         Some(end) if end <= size => {}
@@ -88,9 +97,8 @@ pub fn region_bytes(mem: &dyn RegionMemory, at: MemRef, len: usize) -> Result<&[
             })
         }
     }
-    // SAFETY: offset + len <= size of a live allocation that outlives the borrow of `mem`
-    // (RegionMemory's contract); the caller owns the range, so nothing writes it meanwhile.
-    Ok(unsafe { std::slice::from_raw_parts(mem.as_ptr().add(at.offset), len) })
+    // SAFETY: offset + len <= size, so the pointer stays inside (or one past) the allocation.
+    Ok(unsafe { mem.as_ptr().add(at.offset) })
 }
 
 /// Plain heap memory (page-aligned, zeroed), for tests and for the CPU engine.
@@ -239,21 +247,7 @@ impl Regions {
 
     /// Checks that `len` bytes at `at` lie inside a registered region; returns the host pointer.
     pub fn resolve(&self, at: MemRef, len: usize) -> Result<*mut u8, MemError> {
-        let e = self.entry(at.region)?;
-        let size = e.mem.len();
-        match at.offset.checked_add(len) {
-            Some(end) if end <= size => {}
-            _ => {
-                return Err(MemError::OutOfBounds {
-                    region: at.region,
-                    offset: at.offset,
-                    len,
-                    size,
-                })
-            }
-        }
-        // SAFETY: offset + len <= size, so the pointer stays inside (or one past) the allocation.
-        Ok(unsafe { e.mem.as_ptr().add(at.offset) })
+        host_ptr(&*self.entry(at.region)?.mem, at, len)
     }
 
     /// Device address of `len` bytes at `at`.
