@@ -60,7 +60,8 @@ pub struct CoreConfig {
     /// Direct delivery: an in-order segment a waiting receive takes by CPU copy is copied
     /// from the frame straight into its buffer while its checksum is verified in the same
     /// pass (`tcp::Endpoint::on_frame_into`, `Copier::direct_copy_in`); the frame goes back to
-    /// the fill ring at once. Single-buffer frames only. It pays with
+    /// the fill ring at once (a multi-buffer frame is delivered from the core's linear copy of
+    /// it). It pays with
     /// `CopierConfig::batch_completions`, which keeps a receive waiting through the batch.
     pub direct_delivery: bool,
 }
@@ -330,7 +331,16 @@ impl<E: CopyEngine, B> RxCore<E, B> {
                     Err(_) => ok = false,
                 }
             }
-            if ok {
+            if ok && self.cfg.direct_delivery {
+                let truesize = self.cfg.chunk_size.saturating_mul(n);
+                let mut reader = Direct {
+                    copier: &mut self.copier,
+                    by_conn: &self.by_conn,
+                    psh: false,
+                };
+                self.ep
+                    .on_frame_into(now, head.addr.0, &self.scratch, truesize, &mut reader)
+            } else if ok {
                 let truesize = self.cfg.chunk_size.saturating_mul(n);
                 self.ep.on_frame(now, head.addr.0, &self.scratch, truesize)
             } else {

@@ -982,6 +982,8 @@ fn direct_delivery_on_and_off() {
         (31u64, PolicyKind::Cpu, false),
         (32, PolicyKind::NetDma, true),
         (33, PolicyKind::Adaptive, true),
+        // Multi-buffer frames (two descriptors above 900 bytes).
+        (34, PolicyKind::Cpu, false),
     ] {
         for direct in [true, false] {
             let r = Run::new(Scenario {
@@ -996,6 +998,7 @@ fn direct_delivery_on_and_off() {
                 policy,
                 dma: dma.then(NullConfig::default),
                 direct,
+                split_above: (seed == 34).then_some(900),
                 ..Scenario::default()
             })
             .run();
