@@ -426,7 +426,18 @@ impl Peer {
     /// A frame the core sent to this peer.
     fn on_frame(&mut self, now: Instant, p: &wire::Packet, out: &mut Vec<Vec<u8>>) {
         let f = p.tcp.flags;
-        assert!(!f.rst(), "peer {}: the core reset the connection", self.id);
+        if f.rst() {
+            // After both FINs (this peer in TIME-WAIT, the core's connection gone), an old
+            // duplicate from the impaired wire is answered with a reset, as TCP does for a
+            // segment of no connection (RFC 9293 3.10.7.1); TIME-WAIT ignores it (RFC 1337).
+            // Before that, a reset is a failure.
+            assert!(
+                self.fin_acked && self.their_fin,
+                "peer {}: the core reset the connection",
+                self.id
+            );
+            return;
+        }
         if let Some((val, _)) = p.tcp.options.timestamps {
             self.ts_ecr = val;
         }
