@@ -278,7 +278,7 @@ fn netrx_loop(
                     app.room(len),
                     &f[seg.offset as usize..seg.offset as usize + len],
                 );
-                app.filled(id, len);
+                app.filled(id, len, seg.psh);
             })
             .unwrap();
             while ep.pop_tx().is_some() {}
@@ -318,7 +318,7 @@ impl DirectReader for App<'_> {
         Some(copy_maybe_sum(self.room(payload.len()), payload, verify))
     }
     #[inline]
-    fn filled(&mut self, _conn: ConnId, len: usize) {
+    fn filled(&mut self, _conn: ConnId, len: usize, _psh: bool) {
         self.off += len;
         self.got += len as u64;
     }

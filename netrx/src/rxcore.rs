@@ -169,8 +169,6 @@ struct StreamCtx<B> {
 struct Direct<'a, E: CopyEngine> {
     copier: &'a mut Copier<E>,
     by_conn: &'a HashMap<ConnId, u32>,
-    /// PSH of the segment being copied in.
-    psh: bool,
 }
 
 impl<E: CopyEngine> DirectReader for Direct<'_, E> {
@@ -182,14 +180,13 @@ impl<E: CopyEngine> DirectReader for Direct<'_, E> {
         verify: bool,
     ) -> Option<Checksum> {
         let sid = *self.by_conn.get(&conn)?;
-        self.psh = psh;
         self.copier
             .direct_copy_in(StreamId(sid), payload, psh, verify)
     }
 
-    fn filled(&mut self, conn: ConnId, len: usize) {
+    fn filled(&mut self, conn: ConnId, len: usize, psh: bool) {
         if let Some(&sid) = self.by_conn.get(&conn) {
-            self.copier.direct_filled(StreamId(sid), len, self.psh);
+            self.copier.direct_filled(StreamId(sid), len, psh);
         }
     }
 }
@@ -298,54 +295,43 @@ impl<E: CopyEngine, B> RxCore<E, B> {
             return;
         };
         self.stats.packets += 1;
-        let umem = self.cfg.umem;
         let n = descs.len() as u32;
-        let at = MemRef::new(umem, head.addr.0 as usize);
-        let disp = if n == 1 && self.cfg.direct_delivery && self.umem.is_some() {
-            let mem = self.umem.as_deref().expect("checked");
-            match region_bytes(mem, at, head.len as usize) {
-                Ok(b) => {
-                    let mut reader = Direct {
-                        copier: &mut self.copier,
-                        by_conn: &self.by_conn,
-                        psh: false,
-                    };
-                    self.ep
-                        .on_frame_into(now, head.addr.0, b, self.cfg.chunk_size, &mut reader)
-                }
-                Err(_) => FrameDisposition::Free,
-            }
-        } else if n == 1 {
-            match self.copier.regions().bytes(at, head.len as usize) {
-                Ok(b) => self.ep.on_frame(now, head.addr.0, b, self.cfg.chunk_size),
-                Err(_) => FrameDisposition::Free,
-            }
+        // Frames are read through the core's own handle on the UMEM, so that the copier can
+        // be lent to the endpoint (direct delivery) while a frame is borrowed.
+        let (region, mem) = (self.cfg.umem, self.umem.as_deref());
+        let frame_bytes = |d: &RxDesc| {
+            mem.and_then(|m| {
+                region_bytes(m, MemRef::new(region, d.addr.0 as usize), d.len as usize).ok()
+            })
+        };
+        let (bytes, truesize) = if n == 1 {
+            (frame_bytes(&head), self.cfg.chunk_size)
         } else {
-            let regions = self.copier.regions();
             self.stats.multi_packets += 1;
             self.scratch.clear();
             let mut ok = true;
             for d in descs {
-                match regions.bytes(MemRef::new(umem, d.addr.0 as usize), d.len as usize) {
-                    Ok(b) => self.scratch.extend_from_slice(b),
-                    Err(_) => ok = false,
+                match frame_bytes(d) {
+                    Some(b) => self.scratch.extend_from_slice(b),
+                    None => ok = false,
                 }
             }
-            if ok && self.cfg.direct_delivery {
-                let truesize = self.cfg.chunk_size.saturating_mul(n);
+            (
+                ok.then_some(&self.scratch[..]),
+                self.cfg.chunk_size.saturating_mul(n),
+            )
+        };
+        let disp = match bytes {
+            None => FrameDisposition::Free,
+            Some(b) if self.cfg.direct_delivery => {
                 let mut reader = Direct {
                     copier: &mut self.copier,
                     by_conn: &self.by_conn,
-                    psh: false,
                 };
                 self.ep
-                    .on_frame_into(now, head.addr.0, &self.scratch, truesize, &mut reader)
-            } else if ok {
-                let truesize = self.cfg.chunk_size.saturating_mul(n);
-                self.ep.on_frame(now, head.addr.0, &self.scratch, truesize)
-            } else {
-                FrameDisposition::Free
+                    .on_frame_into(now, head.addr.0, b, truesize, &mut reader)
             }
+            Some(b) => self.ep.on_frame(now, head.addr.0, b, truesize),
         };
         match disp {
             FrameDisposition::Free => {

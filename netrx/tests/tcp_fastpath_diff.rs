@@ -616,7 +616,7 @@ impl DirectReader for Eager {
         self.buf.resize(payload.len(), 0xa5);
         Some(copy_maybe_sum(&mut self.buf, payload, verify))
     }
-    fn filled(&mut self, conn: ConnId, len: usize) {
+    fn filled(&mut self, conn: ConnId, len: usize, _psh: bool) {
         let b = std::mem::take(&mut self.buf);
         self.check(conn, &b[..len]);
         self.buf = b;

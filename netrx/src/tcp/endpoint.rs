@@ -73,8 +73,8 @@ pub trait DirectReader {
         verify: bool,
     ) -> Option<Checksum>;
     /// The bytes of the last `copy_in` are the stream's (verified, in order, and counted as
-    /// received and read).
-    fn filled(&mut self, conn: ConnId, len: usize);
+    /// received and read); `psh` as given to that `copy_in`.
+    fn filled(&mut self, conn: ConnId, len: usize, psh: bool);
 }
 
 /// What happened in the endpoint, for the shell or the per-queue core to act on, in order.
@@ -454,7 +454,7 @@ impl Endpoint {
             pool_free: u64::MAX,
         });
         let id = c.id;
-        reader.filled(id, len);
+        reader.filled(id, len, s.psh());
         self.stats.fast_path += 1;
         self.stats.direct_deliveries += 1;
         if batch_ack && self.ack_check.last() != Some(&id) {

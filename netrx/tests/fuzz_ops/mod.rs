@@ -337,7 +337,7 @@ impl DirectReader for Taker {
         self.buf.resize(payload.len(), 0);
         Some(copy_maybe_sum(&mut self.buf, payload, verify))
     }
-    fn filled(&mut self, conn: ConnId, len: usize) {
+    fn filled(&mut self, conn: ConnId, len: usize, _psh: bool) {
         assert!(self.got.is_none(), "one delivery per frame");
         self.got = Some((conn, self.buf[..len].to_vec()));
     }
