@@ -705,23 +705,15 @@ impl<E: CopyEngine> Copier<E> {
             // Already reported; it completes at the flush.
             return;
         }
-        if reason == Wakeup::Lowat && self.cfg.batch_completions {
-            self.count(s, |c| c.count_wakeup(reason));
-            self.events.push(Event::Wakeup { stream: s, reason });
-            if let Some(p) = self.streams[s.0 as usize].posted.as_mut() {
-                p.lowat_met = true;
-            }
-            self.lowat_pending.push(s);
-            return;
-        }
         self.count(s, |c| c.count_wakeup(reason));
         self.events.push(Event::Wakeup { stream: s, reason });
-        if reason.completes() {
-            self.streams[s.0 as usize]
-                .posted
-                .as_mut()
-                .expect("checked")
-                .done = true;
+        let p = self.streams[s.0 as usize].posted.as_mut().expect("checked");
+        if reason == Wakeup::Lowat && self.cfg.batch_completions {
+            // It keeps taking the batch's data and completes at the flush.
+            p.lowat_met = true;
+            self.lowat_pending.push(s);
+        } else if reason.completes() {
+            p.done = true;
             self.maybe_finish(s);
         }
         // PSH / pressure below target: the reader runs, finds nothing more to take (queued
