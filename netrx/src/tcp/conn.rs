@@ -1015,11 +1015,11 @@ impl Conn {
     /// the in-order queue: the full path's effects for that case, so that state, counters and
     /// ACKs are identical (the connection always has news: data was queued). Returns whether
     /// the segment wants the batch-end ACK (`Outcome::batch_ack` of the full path).
-    #[inline(always)]
     ///
     /// `frame`: `Some` queues the payload, held in that frame; `None` is a direct delivery
     /// (the endpoint already copied the payload to a waiting reader, which has read it: nothing
     /// is queued or held, and the window stays open by what was delivered).
+    #[inline(always)]
     pub fn fast_apply<'a>(
         &mut self,
         s: &FastSeg,

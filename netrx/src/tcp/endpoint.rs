@@ -8,7 +8,7 @@ use super::reasm::SegRef;
 use super::timers::{earliest, Instant};
 use super::{Config, ConnId, ConnInfo, FrameId, State, TcpError};
 use crate::wire::checksum::Checksum;
-use crate::wire::fast::{self, FlowBytes};
+use crate::wire::fast::{self, FastSeg, FlowBytes};
 use crate::wire::tcp::{OptionsOut, TcpFlags};
 use crate::wire::{
     self, ChecksumMode, IpPair, Packet, ReplyAddrs, SegmentSpec, TxFrame, WireError,
@@ -179,6 +179,30 @@ const NO_FLOW: FlowEntry = FlowEntry {
 #[inline]
 fn flow_slot(key: &FlowBytes) -> usize {
     (key.hash() >> (64 - FLOW_CACHE.trailing_zeros())) as usize
+}
+
+/// Header prediction's connection for `s`: the flow cache's entry, if it still names a live
+/// connection (an exact key compare and the slot's generation).
+#[inline(always)]
+fn predicted<'a>(flows: &[FlowEntry], slots: &'a mut [Slot], s: &FastSeg) -> Option<&'a mut Conn> {
+    let e = flows[flow_slot(&s.key)];
+    if e.key != s.key {
+        return None;
+    }
+    let slot = slots.get_mut(e.idx as usize)?;
+    if slot.gen != e.gen {
+        return None;
+    }
+    slot.conn.as_deref_mut()
+}
+
+/// Notes `id` in a list of connections to check at the next [`Endpoint::flush`] (which sorts
+/// and deduplicates; a run of the same connection is noted once here).
+#[inline(always)]
+fn note(list: &mut Vec<ConnId>, id: ConnId) {
+    if list.last() != Some(&id) {
+        list.push(id);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -422,14 +446,7 @@ impl Endpoint {
         let Some(s) = fast::parse(bytes) else {
             return false;
         };
-        let e = self.flows[flow_slot(&s.key)];
-        if e.key != s.key {
-            return false;
-        }
-        let Some(slot) = self.slots.get_mut(e.idx as usize) else {
-            return false;
-        };
-        let Some(c) = slot.conn.as_deref_mut().filter(|_| slot.gen == e.gen) else {
+        let Some(c) = predicted(&self.flows[..], &mut self.slots, &s) else {
             return false;
         };
         if !c.direct_ok() || !c.fast_accepts(&s, truesize, now) {
@@ -457,13 +474,11 @@ impl Endpoint {
         reader.filled(id, len, s.psh());
         self.stats.fast_path += 1;
         self.stats.direct_deliveries += 1;
-        if batch_ack && self.ack_check.last() != Some(&id) {
-            self.ack_check.push(id);
+        if batch_ack {
+            note(&mut self.ack_check, id);
         }
         // The data was read as it arrived: the window may want an update, as after a release.
-        if self.wnd_check.last() != Some(&id) {
-            self.wnd_check.push(id);
-        }
+        note(&mut self.wnd_check, id);
         true
     }
 
@@ -572,15 +587,7 @@ impl Endpoint {
         truesize: u32,
     ) -> Option<FrameDisposition> {
         let s = fast::parse(bytes)?;
-        let e = self.flows[flow_slot(&s.key)];
-        if e.key != s.key {
-            return None;
-        }
-        let slot = self.slots.get_mut(e.idx as usize)?;
-        if slot.gen != e.gen {
-            return None;
-        }
-        let c = slot.conn.as_deref_mut()?;
+        let c = predicted(&self.flows[..], &mut self.slots, &s)?;
         if !c.fast_accepts(&s, truesize, now) {
             return None;
         }
@@ -598,8 +605,8 @@ impl Endpoint {
         self.stats.fast_path += 1;
         // `after` for an established connection that got data (no FIN, no error here).
         let id = c.id;
-        if batch_ack && self.ack_check.last() != Some(&id) {
-            self.ack_check.push(id);
+        if batch_ack {
+            note(&mut self.ack_check, id);
         }
         if !c.in_ready && c.accepted {
             c.in_ready = true;
@@ -697,8 +704,8 @@ impl Endpoint {
         let id = c.id;
         let state = c.state;
         let port = c.addrs.local_port;
-        if out.batch_ack && self.ack_check.last() != Some(&id) {
-            self.ack_check.push(id);
+        if out.batch_ack {
+            note(&mut self.ack_check, id);
         }
         self.report(idx, out.notify);
         if was_embryonic && state != State::SynReceived {
@@ -1183,9 +1190,7 @@ impl Endpoint {
         }
         c.release(seg.slot, &mut self.released);
         let closed = c.state == State::Closed;
-        if self.wnd_check.last() != Some(&id) {
-            self.wnd_check.push(id);
-        }
+        note(&mut self.wnd_check, id);
         if closed {
             self.reap(id.idx);
         }
@@ -1241,9 +1246,7 @@ impl Endpoint {
         }
         if done > 0 {
             let closed = c.state == State::Closed;
-            if self.wnd_check.last() != Some(&id) {
-                self.wnd_check.push(id);
-            }
+            note(&mut self.wnd_check, id);
             if closed {
                 self.reap(id.idx);
             }
