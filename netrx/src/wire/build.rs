@@ -137,9 +137,9 @@ impl std::fmt::Debug for AckTemplate {
 impl AckTemplate {
     /// The template for `addrs` (`None` for IPv6, which takes the general builder).
     pub fn new(addrs: &ReplyAddrs, timestamps: bool) -> Option<AckTemplate> {
-        let IpPair::V4 { src, dst } = addrs.ip else {
+        if !matches!(addrs.ip, IpPair::V4 { .. }) {
             return None;
-        };
+        }
         let spec = SegmentSpec {
             flags: super::tcp::TcpFlags::ACK,
             options: OptionsOut {
@@ -153,13 +153,10 @@ impl AckTemplate {
         let mut tcp = [0u8; 32];
         tcp[..frame.len as usize - t].copy_from_slice(&frame.buf[t..frame.len as usize]);
         tcp[16..18].fill(0);
-        let l = ((frame.len as usize - t) as u16).to_be_bytes();
-        let a = [
-            src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
-        ];
         let mut base = Checksum::new();
-        base.add_word(u64::from_ne_bytes(a));
-        base.add_word(u32::from_ne_bytes([0, 6, l[0], l[1]]) as u64);
+        addrs
+            .ip
+            .add_pseudo_header(&mut base, frame.len as usize - t);
         base.add(&tcp);
         Some(AckTemplate {
             frame,
@@ -261,13 +258,8 @@ fn build_plain_v4(
         h[28..32].copy_from_slice(&ecr.to_be_bytes());
     }
     // Pseudo-header and the (zero-padded, checksum-zero) 32 bytes of TCP header and options.
-    let l = (tcp_len as u16).to_be_bytes();
-    let a = [
-        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
-    ];
     let mut c = Checksum::new();
-    c.add_word(u64::from_ne_bytes(a));
-    c.add_word(u32::from_ne_bytes([0, 6, l[0], l[1]]) as u64);
+    addrs.ip.add_pseudo_header(&mut c, tcp_len);
     for w in h.chunks_exact(8) {
         let mut b = [0u8; 8];
         b.copy_from_slice(w);
@@ -325,18 +317,7 @@ pub fn build_segment(
     }
     out[t + 20 + olen..t + tcp_len].copy_from_slice(payload);
     let mut c = Checksum::new();
-    match addrs.ip {
-        IpPair::V4 { src, dst } => {
-            // The pseudo-header as two words: the addresses, and zero, protocol, length.
-            let a = [
-                src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
-            ];
-            let l = (tcp_len as u16).to_be_bytes();
-            c.add_word(u64::from_ne_bytes(a));
-            c.add_word(u32::from_ne_bytes([0, 6, l[0], l[1]]) as u64);
-        }
-        IpPair::V6 { .. } => addrs.ip.add_pseudo_header(&mut c, tcp_len),
-    }
+    addrs.ip.add_pseudo_header(&mut c, tcp_len);
     c.add(&out[t..t + tcp_len]);
     let sum = c.finish();
     out[t + 16..t + 18].copy_from_slice(&sum.to_be_bytes());

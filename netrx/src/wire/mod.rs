@@ -96,15 +96,17 @@ impl IpPair {
         }
     }
     /// Adds the TCP pseudo-header for a segment of `tcp_len` bytes to `c`.
+    #[inline]
     pub fn add_pseudo_header(&self, c: &mut Checksum, tcp_len: usize) {
         match self {
             IpPair::V4 { src, dst } => {
-                let mut ph = [0u8; 12];
-                ph[0..4].copy_from_slice(src);
-                ph[4..8].copy_from_slice(dst);
-                ph[9] = 6;
-                ph[10..12].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-                c.add(&ph);
+                // Two words: the addresses, and zero, protocol, length.
+                let a = [
+                    src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+                ];
+                let l = (tcp_len as u16).to_be_bytes();
+                c.add_word(u64::from_ne_bytes(a));
+                c.add_word(u32::from_ne_bytes([0, 6, l[0], l[1]]) as u64);
             }
             IpPair::V6 { src, dst } => {
                 let mut ph = [0u8; 40];
