@@ -17,6 +17,7 @@ use crate::netrxd::config::EngineSpec;
 use crate::netrxd::demo::{self, Case, CaseKind, DemoOpts, Run};
 use crate::netrxd::sender::{self, SenderChoice};
 use crate::netrxd::signals;
+use crate::netrxd::stats::CopyCounters;
 
 pub const KERNEL: &str = "kernel socket";
 pub const KERNEL_XDP: &str = "kernel socket + XDP_PASS";
@@ -174,18 +175,16 @@ pub fn aggregate(mtu: u32, window: usize, name: &str, s: &[Sample]) -> Row {
             (Some(seg), div(outs, seg), None, None)
         }
     };
-    let recvs: Vec<u64> = s
-        .iter()
-        .filter_map(|x| x.run.copy.as_ref().map(|c| c.recvs))
-        .collect();
-    let wakeups_per_mb = (!recvs.is_empty() && bytes > 0)
-        .then(|| recvs.iter().sum::<u64>() as f64 / (bytes as f64 / 1e6));
-    let direct: Vec<u64> = s
-        .iter()
-        .filter_map(|x| x.run.copy.as_ref().map(|c| c.direct_bytes))
-        .collect();
-    let direct_share =
-        (!direct.is_empty() && bytes > 0).then(|| direct.iter().sum::<u64>() as f64 / bytes as f64);
+    // A copy counter summed over the runs, per received byte (netrx rows only).
+    let per_byte = |f: fn(&CopyCounters) -> u64| {
+        let v: Vec<u64> = s
+            .iter()
+            .filter_map(|x| x.run.copy.as_ref().map(f))
+            .collect();
+        (!v.is_empty() && bytes > 0).then(|| v.iter().sum::<u64>() as f64 / bytes as f64)
+    };
+    let wakeups_per_mb = per_byte(|c| c.recvs).map(|r| r * 1e6);
+    let direct_share = per_byte(|c| c.direct_bytes);
     Row {
         mtu,
         window,
@@ -544,7 +543,6 @@ pub fn render_svg(r: &Report) -> String {
 mod tests {
     use super::*;
     use crate::netrxd::rx::PathCounters;
-    use crate::netrxd::stats::CopyCounters;
 
     #[test]
     fn proc_stat_busy_and_total() {
