@@ -62,8 +62,8 @@ use crate::rxcore::CoreStats;
 use crate::tcp::EndpointStats;
 use crate::wire::ChecksumMode;
 use crate::xsk::poller::{Pollers, Waker};
-pub use crate::xsk::TxStats;
 use crate::xsk::{AttachMode, SocketConfig, XdpMode, XdpService};
+pub use crate::xsk::{Placement, TxStats};
 
 /// Which copy engine the pollers use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,6 +191,10 @@ pub struct ServiceConfig {
     pub stats_interval: Duration,
     /// A DMA op not completed after this long is aborted and redone by CPU.
     pub dma_timeout: Duration,
+    /// Where each queue's poller and TX kicker threads run (default: they float).
+    /// [`Placement::Auto`] gives a queue's two threads different CPUs, which is what the
+    /// end-to-end benchmark and `netrxd demo` use (`docs/performance.md`).
+    pub cpus: Placement,
 }
 
 impl ServiceConfig {
@@ -219,6 +223,7 @@ impl ServiceConfig {
             max_connections: 16384,
             stats_interval: Duration::from_millis(100),
             dma_timeout: Duration::from_millis(50),
+            cpus: Placement::Float,
         }
     }
 }

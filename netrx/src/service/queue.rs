@@ -78,6 +78,7 @@ pub(super) fn bind(cfg: ServiceConfig) -> io::Result<Listener> {
     xcfg.queues = cfg.queues.clone();
     xcfg.attach = cfg.attach;
     xcfg.socket = cfg.socket.clone();
+    xcfg.cpus = cfg.cpus.clone();
     if cfg.small_frames {
         let iface = crate::xsk::iface::lookup(&cfg.iface).map_err(io::Error::other)?;
         xcfg.socket = xcfg.socket.with_small_frames(iface.mtu, xcfg.vlan);

@@ -13,6 +13,7 @@
 
 pub mod bpf;
 pub mod core_io;
+pub mod cpu;
 pub mod frames;
 pub mod iface;
 pub mod insn;
@@ -24,6 +25,7 @@ use std::io;
 
 pub use bpf::{AttachMode, XdpLink, XdpMode, XdpProgram, XskMap};
 pub use core_io::{CoreIo, TxStats};
+pub use cpu::{Placement, QueueCpus};
 pub use frames::{FrameId, FrameState};
 pub use iface::IfaceInfo;
 pub use insn::ProgramSpec;
@@ -138,6 +140,8 @@ pub struct XdpConfig {
     pub socket: SocketConfig,
     /// Parse one VLAN tag in the program.
     pub vlan: bool,
+    /// Where each queue's poller and TX kicker run (overrides `socket.cpus`).
+    pub cpus: Placement,
 }
 
 impl XdpConfig {
@@ -149,6 +153,7 @@ impl XdpConfig {
             attach: AttachMode::Auto,
             socket: SocketConfig::default(),
             vlan: true,
+            cpus: Placement::Float,
         }
     }
 }
@@ -220,6 +225,17 @@ impl XdpService {
         };
         check_queues(&iface.name, &queues, iface.rx_queues)?;
         check_mtu(&iface.name, iface.mtu, &cfg.socket, cfg.vlan)?;
+        let mut per_queue = Vec::with_capacity(queues.len());
+        for i in 0..queues.len() {
+            let cpus = cfg
+                .cpus
+                .for_queue(i)
+                .map_err(|e| XskError::Config(format!("thread placement: {e}")))?;
+            per_queue.push(SocketConfig {
+                cpus: cpus.or(cfg.socket.cpus),
+                ..cfg.socket.clone()
+            });
+        }
 
         let max_q = queues.iter().copied().max().unwrap_or(0);
         let map = XskMap::create(iface.rx_queues.unwrap_or(0).max(max_q + 1))?;
@@ -230,8 +246,8 @@ impl XdpService {
         let prog = XdpProgram::load_redirect(&spec, &map, cfg.socket.sg)?;
 
         let mut sockets = Vec::with_capacity(queues.len());
-        for &q in &queues {
-            let s = XskSocket::open(iface.ifindex, &iface.name, q, &cfg.socket)?;
+        for (&q, scfg) in queues.iter().zip(&per_queue) {
+            let s = XskSocket::open(iface.ifindex, &iface.name, q, scfg)?;
             map.insert(q, s.raw_fd())?;
             sockets.push(s);
         }

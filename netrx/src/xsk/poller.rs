@@ -196,6 +196,9 @@ fn run<H: QueueHandler>(
 ) -> (XskSocket, H) {
     let mut batch = Vec::with_capacity(cfg.batch);
     let wait_ms = cfg.idle_wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+    if let Some(c) = sock.config().cpus {
+        super::cpu::pin_or_warn(c.poller, "poller");
+    }
     let mut empty = 0u32;
     while !stop.load(Ordering::Acquire) {
         let n = sock.recv(&mut batch, cfg.batch);

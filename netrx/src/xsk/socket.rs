@@ -4,6 +4,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use super::cpu::QueueCpus;
 use super::frames::{FrameError, FrameId, FrameState, FrameTable, StateCounts};
 use super::ring::{Ring, RingOffsets};
 use super::XskError;
@@ -35,6 +36,9 @@ pub struct SocketConfig {
     /// kicking thread. A helper thread moves that work off the poller's core, so the kernel's
     /// half and ours run in parallel.
     pub tx_kick_thread: bool,
+    /// The CPUs of this queue's poller and TX kicker threads (`None`: they float). See
+    /// [`super::cpu::Placement`].
+    pub cpus: Option<QueueCpus>,
 }
 
 impl Default for SocketConfig {
@@ -49,6 +53,7 @@ impl Default for SocketConfig {
             tx_reserve: 256,
             sg: false,
             tx_kick_thread: false,
+            cpus: None,
         }
     }
 }
@@ -237,7 +242,7 @@ struct TxKicker {
 }
 
 impl TxKicker {
-    fn start(sock: RawFd, queue: u32) -> io::Result<TxKicker> {
+    fn start(sock: RawFd, queue: u32, cpu: Option<usize>) -> io::Result<TxKicker> {
         use std::sync::atomic::{AtomicBool, Ordering};
         let efd = Arc::new(EventFd::new()?);
         let armed = Arc::new(AtomicBool::new(false));
@@ -247,6 +252,9 @@ impl TxKicker {
         let thread = std::thread::Builder::new()
             .name(format!("netrx-tx{queue}"))
             .spawn(move || {
+                if let Some(c) = cpu {
+                    super::cpu::pin_or_warn(c, "TX kicker");
+                }
                 while !st.load(Ordering::Acquire) {
                     if !matches!(ev.wait(std::time::Duration::from_millis(100)), Ok(Some(_))) {
                         continue;
@@ -467,7 +475,10 @@ impl XskSocket {
         .map_err(e("mmap(completion ring)"))?;
 
         let kicker = if cfg.tx_kick_thread {
-            Some(TxKicker::start(raw, queue).map_err(e("TX kicker thread"))?)
+            Some(
+                TxKicker::start(raw, queue, cfg.cpus.map(|c| c.kicker))
+                    .map_err(e("TX kicker thread"))?,
+            )
         } else {
             None
         };

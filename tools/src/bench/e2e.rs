@@ -18,6 +18,7 @@ use crate::netrxd::demo::{self, Case, CaseKind, DemoOpts, Run};
 use crate::netrxd::sender::{self, SenderChoice};
 use crate::netrxd::signals;
 use crate::netrxd::stats::CopyCounters;
+use netrx::service::Placement;
 
 pub const KERNEL: &str = "kernel socket";
 pub const KERNEL_XDP: &str = "kernel socket + XDP_PASS";
@@ -35,6 +36,8 @@ pub struct Opts {
     pub sender: SenderChoice,
     /// Receive buffer of every receiver (SO_RCVBUF; netrx gets twice this, as Linux does).
     pub rcvbuf: usize,
+    /// Where netrx's poller and TX kicker run.
+    pub cpus: Placement,
 }
 
 /// A netrx configuration by its command-line name.
@@ -278,6 +281,7 @@ pub fn run(o: &Opts) -> Result<Report> {
                 sender: o.sender,
                 repeats,
                 sender_window: window,
+                cpus: o.cpus.clone(),
             };
             let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
             let mut errors: Vec<Option<String>> = vec![None; cases.len()];

@@ -162,6 +162,10 @@ enum Cmd {
         /// Machine-readable report on stdout (progress stays on stderr).
         #[arg(long)]
         json: bool,
+        /// Where netrx's poller and TX kicker threads run: auto (different CPUs), float (where
+        /// the scheduler puts them), or a CPU list such as 0,1.
+        #[arg(long, default_value = "auto", value_parser = parse_cpus)]
+        cpus: netrx::service::Placement,
     },
     /// The built-in sender (started by `e2e` inside its sender namespace).
     #[command(name = "__send-tcp", hide = true)]
@@ -173,6 +177,10 @@ fn gbytes_to_bps(g: f64) -> Result<u64> {
         anyhow::bail!("a DMA rate must be a positive number of GB/s, got {g}");
     }
     Ok((g * 1e9) as u64)
+}
+
+fn parse_cpus(s: &str) -> Result<netrx::service::Placement, String> {
+    s.parse()
 }
 
 fn main() -> Result<()> {
@@ -261,8 +269,10 @@ fn main() -> Result<()> {
             sender,
             svg,
             json,
+            cpus,
         } => {
             let o = bench::e2e::Opts {
+                cpus,
                 seconds,
                 repeats,
                 configs,

@@ -89,6 +89,10 @@ enum Cmd {
         /// Log level of the receive service during the demo.
         #[arg(long, default_value = "warn")]
         log: String,
+        /// Where netrx's poller and TX kicker threads run: auto (different CPUs), float (where
+        /// the scheduler puts them), or a CPU list such as 0,1.
+        #[arg(long, default_value = "auto")]
+        cpus: String,
     },
     /// The demo's built-in sender (started by `netrxd demo` inside its sender namespace).
     #[command(name = "__send-tcp", hide = true)]
@@ -156,6 +160,11 @@ struct RunArgs {
     /// error-every=N, hang-after=N, slow-us=U, comma-separated.
     #[arg(long, value_name = "SPEC")]
     fault: Option<String>,
+    /// Where each queue's poller and TX kicker threads run: float (default: where the
+    /// scheduler puts them), auto (spread over the allowed CPUs, a queue's two threads on
+    /// different CPUs), or a CPU list such as 0,1 or 2-5.
+    #[arg(long, value_name = "float|auto|LIST")]
+    cpus: Option<String>,
 }
 
 fn port_arg(s: &str) -> Result<u16, String> {
@@ -211,6 +220,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 sg: a.sg,
                 max_connections: a.max_connections,
                 fault: a.fault,
+                cpus: a.cpus,
             };
             let s = Settings::merge(flags, file)?;
             init_logs(&s.log);
@@ -250,8 +260,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             engine,
             rcvbuf,
             log,
+            cpus,
         } => {
             init_logs(&log);
+            let cpus: netrx::service::Placement = cpus
+                .parse()
+                .map_err(|e: String| anyhow!("in --cpus: {e}"))?;
             let engine: EngineSpec = engine.parse()?;
             let rcvbuf = config::parse_size(&rcvbuf).context("in --rcvbuf")?;
             config::check_range("rcvbuf", rcvbuf, config::RCVBUF_MIN)?;
@@ -268,6 +282,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 sender,
                 repeats: repeats as usize,
                 sender_window: netrxd::demo::WINDOW,
+                cpus,
             });
             if let (Err(_), Some(p)) = (&result, &svg) {
                 // No picture: leave no empty file behind.

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail, Context, Result};
 use ioat_driver::discover::Bdf;
 use netrx::copy::PolicyKind;
+use netrx::service::Placement;
 use serde::Deserialize;
 
 /// Default directory of the stats sockets.
@@ -210,6 +211,8 @@ pub struct FileConfig {
     pub max_connections: Option<u64>,
     /// Model-engine fault injection (`docs/netrxd.md`, "Rehearsing DMA faults").
     pub fault: Option<String>,
+    /// Thread placement: "float" (default), "auto", or a CPU list such as "0,1".
+    pub cpus: Option<String>,
 }
 
 impl FileConfig {
@@ -249,6 +252,7 @@ pub struct FlagConfig {
     pub sg: Option<String>,
     pub max_connections: Option<u64>,
     pub fault: Option<String>,
+    pub cpus: Option<String>,
 }
 
 /// The merged, validated settings.
@@ -275,6 +279,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Faults injected into the model engine (rehearsals).
     pub fault: Option<super::faults::FaultPlan>,
+    /// Where each queue's poller and TX kicker run.
+    pub cpus: Placement,
 }
 
 /// Valid range of `rcvbuf`, `rcvlowat`, `copybreak` and `recv_size`, bytes.
@@ -411,7 +417,14 @@ impl Settings {
                  device's faults cannot be injected)"
             );
         }
+        let cpus: Placement = match pick(flags.cpus, file.cpus) {
+            Some(c) => c
+                .parse()
+                .map_err(|e: String| anyhow!("in --cpus (or `cpus` in the config file): {e}"))?,
+            None => Placement::Float,
+        };
         Ok(Settings {
+            cpus,
             iface,
             port,
             queues,
@@ -687,6 +700,7 @@ mod tests {
             rcvbuf = 262144
             sink = "dir:/srv/in"
             metrics = "127.0.0.1:9477"
+            cpus = "auto"
             "#,
         )
         .unwrap();
@@ -695,6 +709,29 @@ mod tests {
             policy: Some("adaptive".into()),
             ..FlagConfig::default()
         };
+        let s = Settings::merge(flags.clone(), file.clone()).unwrap();
+        assert_eq!(s.cpus, Placement::Auto);
+        let s2 = Settings::merge(
+            FlagConfig {
+                cpus: Some("0".into()),
+                ..flags.clone()
+            },
+            file.clone(),
+        )
+        .unwrap();
+        assert_eq!(s2.cpus, Placement::Cpus(vec![0]));
+        let e = format!(
+            "{:#}",
+            Settings::merge(
+                FlagConfig {
+                    cpus: Some("0,x".into()),
+                    ..flags.clone()
+                },
+                file.clone(),
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("--cpus") && e.contains("auto, float"), "{e}");
         let s = Settings::merge(flags, file).unwrap();
         assert_eq!(s.iface, "eth1");
         assert_eq!(s.port, 6000);

@@ -26,6 +26,7 @@ use super::sender::{Sender, SenderChoice};
 use super::signals;
 use super::sink::SinkFactory;
 use super::stats::{CopyCounters, DaemonCounters};
+use netrx::service::Placement;
 
 /// The seed's iperf window (`-w 250K`): the sender's socket buffer and every receiver's rcvbuf.
 pub const WINDOW: usize = 250 << 10;
@@ -50,6 +51,8 @@ pub struct DemoOpts {
     pub repeats: usize,
     /// The sender's socket buffer (iperf `-w`; the seed's [`WINDOW`]).
     pub sender_window: usize,
+    /// Where netrx's poller and TX kicker run (`auto`: different CPUs).
+    pub cpus: Placement,
 }
 
 /// One configuration of the table.
@@ -388,6 +391,7 @@ pub fn run_case(
     let rcvbuf = opts.rcvbuf;
     let iface = topo.receiver_if.clone();
     let engine = opts.engine.clone();
+    let cpus = opts.cpus.clone();
     let ab = abort.clone();
     let recv_timeout = Duration::from_secs(opts.seconds + 20);
     let receiver = topo
@@ -414,6 +418,7 @@ pub fn run_case(
                 .map_err(|e| anyhow!("kernel listener: {e}")),
                 CaseKind::Netrx { policy, rcvlowat } => {
                     let s = Settings {
+                        cpus,
                         iface,
                         port,
                         queues: 1,

@@ -54,6 +54,7 @@ pub fn service_config(s: &Settings) -> Result<ServiceConfig> {
     cfg.rcvlowat = s.rcvlowat.unwrap_or(1).max(1);
     cfg.pool_buffer_size = s.recv_size;
     cfg.max_connections = s.max_connections;
+    cfg.cpus = s.cpus.clone();
     cfg.socket.sg = match s.sg {
         SgMode::On => true,
         SgMode::Off => false,
