@@ -636,10 +636,11 @@ impl XskSocket {
         };
     }
 
-    /// True while the TX kicker thread has a kick asked for or running. `poll()` on an AF_XDP
-    /// socket in copy mode also transmits, under the same mutex as the kicker's `sendto`: a
-    /// poller should not sleep in `poll()` then (it would wait on that mutex; the data the
-    /// kick makes the peer send is about to arrive anyway).
+    /// True while the TX kicker thread has a kick asked for or running. The data the kick
+    /// makes the peer send is about to arrive, so a poller should poll its RX ring rather than
+    /// sleep then: waking up after each batch was measured to cost more bandwidth than the spin
+    /// saves CPU (`docs/performance.md`). (With a kicker the socket is bound without
+    /// `XDP_USE_NEED_WAKEUP`, so a `poll()` would not transmit under the kicker's TX mutex.)
     pub fn tx_busy(&self) -> bool {
         self.kicker.as_ref().is_some_and(TxKicker::active)
     }
