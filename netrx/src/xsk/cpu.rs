@@ -24,7 +24,7 @@ pub enum Placement {
     /// Wherever the scheduler puts them (the library's default).
     #[default]
     Float,
-    /// Spread over the CPUs this process may run on (see [`Placement::for_queue`]); floats
+    /// Spread over the CPUs this process may run on (see [`spread`]); floats
     /// when the process has a single CPU.
     Auto,
     /// Spread over these CPUs.
@@ -32,11 +32,10 @@ pub enum Placement {
 }
 
 impl Placement {
-    /// The CPUs of the queue with index `index` (0 for the first queue the service opens):
-    /// its poller on the `2 * index`-th CPU of the list and its kicker on the next one, both
-    /// modulo the list's length, so one queue on two CPUs gets one CPU each. `None`: float.
-    /// Fails, naming the fix, when a listed CPU is not one the process may run on.
-    pub fn for_queue(&self, index: usize) -> io::Result<Option<QueueCpus>> {
+    /// The CPUs of the queue with index `index` (0 for the first of the service's `queues`
+    /// queues), spread over the placement's CPUs by [`spread`]. `None`: float. Fails, naming
+    /// the fix, when a listed CPU is not one the process may run on.
+    pub fn for_queue(&self, index: usize, queues: usize) -> io::Result<Option<QueueCpus>> {
         let cpus = match self {
             Placement::Float => return Ok(None),
             Placement::Auto => {
@@ -61,11 +60,28 @@ impl Placement {
                 list.clone()
             }
         };
-        let n = cpus.len();
-        Ok(Some(QueueCpus {
-            poller: cpus[(2 * index) % n],
-            kicker: cpus[(2 * index + 1) % n],
-        }))
+        Ok(Some(spread(&cpus, index, queues)))
+    }
+}
+
+/// Queue `index` of `queues` on the CPUs `cpus` (not empty): with at least two CPUs per queue,
+/// every thread gets its own CPU (poller on the `2 * index`-th, kicker on the next); with
+/// fewer, the pollers go round the CPUs (`index`-th) and each kicker sits on the CPU after its
+/// poller's, so one queue on two CPUs gets one CPU per thread and four queues on two CPUs
+/// alternate instead of stacking every poller on one CPU.
+pub fn spread(cpus: &[usize], index: usize, queues: usize) -> QueueCpus {
+    let n = cpus.len().max(1);
+    let at = |i: usize| cpus.get(i % n).copied().unwrap_or(0);
+    if n >= 2 * queues.max(1) {
+        QueueCpus {
+            poller: at(2 * index),
+            kicker: at(2 * index + 1),
+        }
+    } else {
+        QueueCpus {
+            poller: at(index),
+            kicker: at(index + 1),
+        }
     }
 }
 
@@ -187,35 +203,48 @@ mod tests {
         assert_eq!(Placement::Cpus(vec![0, 2]).to_string(), "0,2");
     }
 
+    fn pairs(cpus: &[usize], queues: usize) -> Vec<(usize, usize)> {
+        (0..queues)
+            .map(|i| {
+                let q = spread(cpus, i, queues);
+                (q.poller, q.kicker)
+            })
+            .collect()
+    }
+
     #[test]
     fn spreads_poller_and_kicker_over_the_list() {
+        // Enough CPUs: a CPU per thread.
+        assert_eq!(pairs(&[0, 1], 1), [(0, 1)]);
+        assert_eq!(pairs(&[4, 5, 6, 7], 2), [(4, 5), (6, 7)]);
+        assert_eq!(pairs(&[0, 1, 2, 3, 4], 2), [(0, 1), (2, 3)]);
+        // Too few: pollers go round, each kicker on the next CPU.
+        assert_eq!(pairs(&[0, 1], 4), [(0, 1), (1, 0), (0, 1), (1, 0)]);
+        assert_eq!(pairs(&[0, 1, 2], 2), [(0, 1), (1, 2)]);
+        assert_eq!(pairs(&[3], 2), [(3, 3), (3, 3)]);
+
         let allowed = allowed_cpus().unwrap();
         assert!(!allowed.is_empty());
         let one = Placement::Cpus(vec![allowed[0]]);
-        let q = one.for_queue(0).unwrap().unwrap();
+        let q = one.for_queue(0, 1).unwrap().unwrap();
         assert_eq!((q.poller, q.kicker), (allowed[0], allowed[0]));
         if allowed.len() >= 2 {
-            let two = Placement::Cpus(vec![allowed[0], allowed[1]]);
-            let q0 = two.for_queue(0).unwrap().unwrap();
-            let q1 = two.for_queue(1).unwrap().unwrap();
-            assert_eq!((q0.poller, q0.kicker), (allowed[0], allowed[1]));
-            assert_eq!((q1.poller, q1.kicker), (allowed[0], allowed[1]));
-            let auto = Placement::Auto.for_queue(0).unwrap().unwrap();
+            let auto = Placement::Auto.for_queue(0, 1).unwrap().unwrap();
             assert_eq!((auto.poller, auto.kicker), (allowed[0], allowed[1]));
         } else {
-            assert_eq!(Placement::Auto.for_queue(0).unwrap(), None);
+            assert_eq!(Placement::Auto.for_queue(0, 1).unwrap(), None);
         }
-        assert_eq!(Placement::Float.for_queue(3).unwrap(), None);
+        assert_eq!(Placement::Float.for_queue(3, 4).unwrap(), None);
     }
 
     #[test]
     fn refuses_cpus_the_process_may_not_use() {
         let allowed = allowed_cpus().unwrap();
         let outside = (0..CPU_LIMIT).find(|c| !allowed.contains(c)).unwrap();
-        let e = Placement::Cpus(vec![outside]).for_queue(0).unwrap_err();
+        let e = Placement::Cpus(vec![outside]).for_queue(0, 1).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert!(e.to_string().contains("allowed:"), "{e}");
-        let e = Placement::Cpus(vec![]).for_queue(0).unwrap_err();
+        let e = Placement::Cpus(vec![]).for_queue(0, 1).unwrap_err();
         assert!(e.to_string().contains("auto"), "{e}");
     }
 

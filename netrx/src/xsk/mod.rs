@@ -229,7 +229,7 @@ impl XdpService {
         for i in 0..queues.len() {
             let cpus = cfg
                 .cpus
-                .for_queue(i)
+                .for_queue(i, queues.len())
                 .map_err(|e| XskError::Config(format!("thread placement: {e}")))?;
             per_queue.push(SocketConfig {
                 cpus: cpus.or(cfg.socket.cpus),
