@@ -49,6 +49,7 @@ fn netrx_bench_e2e_one_second() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["sender_kind"], "builtin", "{v}");
     assert_eq!(v["repeats"], 1);
+    assert_eq!(v["cpus"], "auto", "the default placement is recorded: {v}");
     let rows = v["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["config"].as_str().unwrap()).collect();
     assert_eq!(

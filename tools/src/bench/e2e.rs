@@ -146,6 +146,8 @@ pub struct Report {
     pub repeats: usize,
     pub rcvbuf: usize,
     pub cores: usize,
+    /// Where netrx's poller and TX kicker ran (`auto`, `float` or a CPU list).
+    pub cpus: String,
     pub rows: Vec<Row>,
 }
 
@@ -354,6 +356,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         repeats,
         rcvbuf: o.rcvbuf,
         cores,
+        cpus: o.cpus.to_string(),
         rows,
     })
 }
@@ -376,8 +379,8 @@ fn size(b: usize) -> String {
 pub fn render(r: &Report) -> String {
     let mut s = format!(
         "sender: {} (kernel TCP, -l 2M), {} s per run, {} run(s) per row, alternating; engine {}; \
-         SO_RCVBUF {} per receiver; {} cores\n\n",
-        r.sender_kind, r.seconds_per_run, r.repeats, r.engine, r.rcvbuf, r.cores
+         SO_RCVBUF {} per receiver; {} cores; netrx threads --cpus {}\n\n",
+        r.sender_kind, r.seconds_per_run, r.repeats, r.engine, r.rcvbuf, r.cores, r.cpus
     );
     let head = [
         "MTU",
@@ -481,8 +484,8 @@ pub fn render_svg(r: &Report) -> String {
         "start",
         "font-size=\"11\"",
         &format!(
-            "{} sender, {} s x {} alternating runs per row; engine {}",
-            r.sender_kind, r.seconds_per_run, r.repeats, r.engine
+            "{} sender, {} s x {} alternating runs per row; engine {}; netrx threads --cpus {}",
+            r.sender_kind, r.seconds_per_run, r.repeats, r.engine, r.cpus
         ),
     );
     let x0 = label_w;
@@ -643,9 +646,11 @@ mod tests {
             repeats: 3,
             rcvbuf: 256_000,
             cores: 2,
+            cpus: "auto".into(),
             rows,
         };
         let t = render(&rep);
+        assert!(t.contains("--cpus auto"), "{t}");
         assert!(t.contains("kernel socket + XDP_PASS"), "{t}");
         assert!(
             t.contains("6.00") && t.contains("5.00-7.00") && t.contains("1.50"),
