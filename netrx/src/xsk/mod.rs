@@ -231,8 +231,17 @@ impl XdpService {
                 .cpus
                 .for_queue(i, queues.len())
                 .map_err(|e| XskError::Config(format!("thread placement: {e}")))?;
+            let cpus = cpus.or(cfg.socket.cpus);
+            if let Some(c) = cpus {
+                tracing::info!(
+                    queue = queues[i],
+                    poller_cpu = c.poller,
+                    kicker_cpu = c.kicker,
+                    "thread placement"
+                );
+            }
             per_queue.push(SocketConfig {
-                cpus: cpus.or(cfg.socket.cpus),
+                cpus,
                 ..cfg.socket.clone()
             });
         }
