@@ -194,6 +194,10 @@ fn netrxd_demo_seconds_3() {
         .unwrap_or(false);
     let kind = v["sender_kind"].as_str().unwrap();
     assert_eq!(kind, if iperf2 { "iperf" } else { "builtin" }, "{v}");
+    assert_eq!(
+        v["cpus"], "auto",
+        "the demo's default placement is recorded: {v}"
+    );
     assert!(
         v["sender"].as_str().unwrap().contains("-w 250K -l 2M"),
         "{v}"

@@ -150,6 +150,8 @@ pub struct Report {
     pub seconds_per_row: u64,
     pub repeats: usize,
     pub rcvbuf: usize,
+    /// Where netrx's poller and TX kicker ran (`auto`, `float` or a CPU list).
+    pub cpus: String,
     pub rows: Vec<Row>,
 }
 
@@ -249,6 +251,7 @@ pub fn run(opts: DemoOpts) -> Result<Report> {
         seconds_per_row: opts.seconds,
         repeats,
         rcvbuf: opts.rcvbuf,
+        cpus: opts.cpus.to_string(),
         rows,
     })
 }
@@ -684,6 +687,10 @@ pub fn render(r: &Report) -> String {
         r.rcvbuf * 2
     ));
     s.push_str(&format!("engine: {}\n", r.label));
+    s.push_str(&format!(
+        "threads: netrx's poller and TX kicker --cpus {}\n",
+        r.cpus
+    ));
     if r.repeats > 1 {
         s.push_str(&format!(
             "runs:   {} per configuration, interleaved; each column is the median, min-max of the \
@@ -929,6 +936,7 @@ mod tests {
             seconds_per_row: 3,
             repeats: 1,
             rcvbuf: WINDOW,
+            cpus: "auto".into(),
             rows: vec![
                 Row {
                     config: "netdma".into(),
@@ -966,6 +974,7 @@ mod tests {
         assert!(t.contains("simulated by the device model"), "{t}");
         assert!(t.contains("1448 B"), "{t}");
         assert!(t.contains("n/a"), "{t}");
+        assert!(t.contains("--cpus auto"), "{t}");
         assert!(!t.contains("min-max"), "one run, no min-max column: {t}");
         let svg = render_svg(&r);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
