@@ -164,7 +164,7 @@ enum Cmd {
         json: bool,
         /// Where netrx's poller and TX kicker threads run: auto (different CPUs), float (where
         /// the scheduler puts them), or a CPU list such as 0,1.
-        #[arg(long, default_value = "auto", value_parser = parse_cpus)]
+        #[arg(long, default_value = "auto")]
         cpus: netrx::service::Placement,
     },
     /// The built-in sender (started by `e2e` inside its sender namespace).
@@ -177,10 +177,6 @@ fn gbytes_to_bps(g: f64) -> Result<u64> {
         anyhow::bail!("a DMA rate must be a positive number of GB/s, got {g}");
     }
     Ok((g * 1e9) as u64)
-}
-
-fn parse_cpus(s: &str) -> Result<netrx::service::Placement, String> {
-    s.parse()
 }
 
 fn main() -> Result<()> {

@@ -92,7 +92,7 @@ enum Cmd {
         /// Where netrx's poller and TX kicker threads run: auto (different CPUs), float (where
         /// the scheduler puts them), or a CPU list such as 0,1.
         #[arg(long, default_value = "auto")]
-        cpus: String,
+        cpus: netrx::service::Placement,
     },
     /// The demo's built-in sender (started by `netrxd demo` inside its sender namespace).
     #[command(name = "__send-tcp", hide = true)]
@@ -263,9 +263,6 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             cpus,
         } => {
             init_logs(&log);
-            let cpus: netrx::service::Placement = cpus
-                .parse()
-                .map_err(|e: String| anyhow!("in --cpus: {e}"))?;
             let engine: EngineSpec = engine.parse()?;
             let rcvbuf = config::parse_size(&rcvbuf).context("in --rcvbuf")?;
             config::check_range("rcvbuf", rcvbuf, config::RCVBUF_MIN)?;
